@@ -1,0 +1,1 @@
+"""Persistence: the SQLAlchemy model, engine setup and migrations."""
