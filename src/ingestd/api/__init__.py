@@ -1,0 +1,1 @@
+"""HTTP: parse, authenticate, call a service, map errors. No domain logic here."""

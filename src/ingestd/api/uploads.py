@@ -1,0 +1,107 @@
+"""The block upload API (``/v1/uploads``): a Dropbox-style resumable upload."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from ingestd.api.deps import OwnerId, Svc
+from ingestd.errors import InvalidRequest
+from ingestd.uploads.blocks import parse_content_digest
+from ingestd.uploads.service import NewUpload, UploadInfo
+
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+
+
+class AssetFields(BaseModel):
+    title: str | None = Field(default=None, max_length=500)
+    description: str | None = Field(default=None, max_length=20000)
+
+
+class CreateUpload(BaseModel):
+    filename: str | None = Field(default=None, max_length=4096)
+    size: int
+    block_size: int | None = None
+    blocks: list[str] | None = None
+    sha256: str | None = None
+    content_type: str | None = Field(default=None, max_length=200)
+    asset: AssetFields | None = None
+
+
+def upload_json(info: UploadInfo) -> dict[str, Any]:
+    return {
+        "upload_id": info.upload_id,
+        "asset_id": info.asset_id,
+        "status": info.status,
+        "source_status": info.source_status,
+        "size": info.size,
+        "bytes_received": info.bytes_received,
+        "block_size": info.block_size,
+        "block_count": info.block_count,
+        "present": info.present,
+        "missing": info.missing,
+        "expires_at": _iso(info.expires_at),
+        "reason": info.reason,
+    }
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+@router.post("", status_code=201)
+async def create_upload(body: CreateUpload, owner: OwnerId, svc: Svc) -> dict[str, Any]:
+    info = await svc.uploads.create(
+        owner,
+        NewUpload(
+            filename=body.filename,
+            size=body.size,
+            block_size=body.block_size,
+            blocks=body.blocks,
+            sha256=body.sha256,
+            title=body.asset.title if body.asset else None,
+            description=body.asset.description if body.asset else None,
+            content_type=body.content_type,
+        ),
+    )
+    return upload_json(info)
+
+
+@router.get("/{upload_id}")
+async def get_upload(upload_id: str, owner: OwnerId, svc: Svc) -> dict[str, Any]:
+    return upload_json(await svc.uploads.status(owner, upload_id))
+
+
+@router.put("/{upload_id}/blocks/{index}")
+async def put_block(
+    upload_id: str, index: int, request: Request, owner: OwnerId, svc: Svc
+) -> dict[str, Any]:
+    digest = request.headers.get("content-digest")
+    length = request.headers.get("content-length")
+    try:
+        announced = int(length) if length is not None else None
+    except ValueError as exc:
+        raise InvalidRequest("Content-Length is not a number") from exc
+    part = await svc.uploads.put_block(
+        owner,
+        upload_id,
+        index,
+        request.stream(),
+        sha256=parse_content_digest(digest) if digest else None,
+        content_length=announced,
+    )
+    return {"index": part.index, "size": part.size, "sha256": part.sha256}
+
+
+@router.post("/{upload_id}/complete", status_code=202)
+async def complete_upload(upload_id: str, owner: OwnerId, svc: Svc) -> dict[str, Any]:
+    return upload_json(await svc.uploads.complete(owner, upload_id))
+
+
+@router.delete("/{upload_id}", status_code=204)
+async def cancel_upload(upload_id: str, owner: OwnerId, svc: Svc) -> Response:
+    await svc.uploads.cancel(owner, upload_id)
+    return Response(status_code=204)

@@ -1,0 +1,1 @@
+"""Owners, API keys and signed URLs."""

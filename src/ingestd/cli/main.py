@@ -1,0 +1,232 @@
+"""The ``ingestd`` command: the composition root for every role and the client commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ingestd import __version__
+from ingestd.bootstrap import LOCAL_OWNER, Services, build, ensure_local_key
+from ingestd.cli import client_commands
+from ingestd.db.migrate import upgrade
+from ingestd.errors import IngestdError
+from ingestd.settings import Settings
+
+app = typer.Typer(help="ingestd: resumable ingestion and processing of media masters.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+client_commands.register(app)
+
+console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Where the database and stores live [env: INGESTD_DATA_DIR]",
+                 show_default=False),
+]
+
+
+def settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    return Settings(**values)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option(help="[env: INGESTD_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="[env: INGESTD_PORT]")] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        help="Steps run at once [env: INGESTD_WORKER_CONCURRENCY]")] = None,
+) -> None:
+    """Run everything in one process: API, worker and scheduler (SQLite + local disk)."""
+    s = settings(data_dir, host=host, port=port, worker_concurrency=concurrency)
+    _logging(s.log_level)
+    services = build(s)
+    path, issued = ensure_local_key(services)
+    if issued is not None:
+        console.print(f"[bold green]Created an API key for owner '{LOCAL_OWNER}'[/] in {path}")
+    else:
+        console.print(f"API key of owner '{LOCAL_OWNER}': {path}")
+    console.print(f"ingestd {__version__} on http://{s.host}:{s.port}  (data in {s.data_dir})")
+    try:
+        asyncio.run(_serve(services))
+    finally:
+        services.close()
+
+
+async def _serve(services: Services) -> None:
+    import uvicorn
+
+    from ingestd.api.app import create_app
+
+    s = services.settings
+    config = uvicorn.Config(create_app(services), host=s.host, port=s.port,
+                            log_level=s.log_level.lower(), access_log=False,
+                            timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(services.worker().run(stop))
+    scheduler = asyncio.create_task(services.run_scheduler(stop))
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        await asyncio.gather(worker, scheduler, return_exceptions=True)
+
+
+@app.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Bring the database schema up to date."""
+    s = settings(data_dir)
+    upgrade(s.resolved_database_url)
+    console.print("database is up to date")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True)],
+    data_dir: DataDir = None,
+    owner: Annotated[str, typer.Option(help="Owner of the new assets")] = LOCAL_OWNER,
+    title: Annotated[str | None, typer.Option()] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait",
+        help="Only enqueue; a running 'ingestd serve' on the same data dir processes them")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Ingest local files through the same service layer as uploads, without HTTP."""
+    s = settings(data_dir)
+    _logging("WARNING")
+    services = build(s)
+    try:
+        results = asyncio.run(_ingest(services, owner, paths, title, wait=not no_wait))
+    except IngestdError as exc:
+        console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from exc
+    finally:
+        services.close()
+    if as_json:
+        typer.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
+    else:
+        table = Table("asset", "file", "status", "error")
+        for r in results:
+            table.add_row(r["id"], r["file"], r["status"], r.get("error") or "")
+        Console().print(table)
+    if any(r["status"] == "failed" for r in results):
+        raise typer.Exit(1)
+
+
+async def _ingest(services: Services, owner_name: str, paths: list[Path], title: str | None,
+                  *, wait: bool) -> list[dict[str, Any]]:
+    from ingestd.queries import AssetQueries
+
+    owner_id = await asyncio.to_thread(_owner_id, services, owner_name)
+    infos = [await services.uploads.ingest_file(owner_id, p.resolve(), title=title)
+             for p in paths]
+    queries = AssetQueries(services.db)
+    if wait:
+        stop = asyncio.Event()
+        worker = asyncio.create_task(services.worker().run(stop))
+        try:
+            while True:
+                views = [await asyncio.to_thread(queries.get, owner_id, i.asset_id)
+                         for i in infos]
+                if all(v.asset.status in ("ready", "failed") for v in views):
+                    break
+                await asyncio.sleep(0.5)
+        finally:
+            stop.set()
+            await worker
+    views = [await asyncio.to_thread(queries.get, owner_id, i.asset_id) for i in infos]
+    return [
+        {"id": v.asset.id, "file": str(p), "status": v.asset.status, "error": v.asset.error,
+         "sha256": v.asset.sha256, "metadata": v.asset.meta}
+        for p, v in zip(paths, views, strict=True)
+    ]
+
+
+def _owner_id(services: Services, name: str) -> str:
+    from sqlalchemy import select
+
+    from ingestd.db.models import Owner
+
+    with services.db.transaction() as session:
+        found = session.scalars(select(Owner.id).where(Owner.name == name)).first()
+    if found is not None:
+        return found
+    # an owner exists once it has a key; create one so the owner can use the API too
+    return services.keys.create(name, label="created by ingestd ingest").owner_id
+
+
+@keys_app.command("create")
+def keys_create(
+    owner: Annotated[str, typer.Option(help="Owner name; created if new")],
+    label: Annotated[str | None, typer.Option()] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API key and print it (it is shown only this once)."""
+    services = build(settings(data_dir))
+    try:
+        issued = services.keys.create(owner, label)
+    finally:
+        services.close()
+    console.print(f"key for owner [bold]{issued.owner_name}[/] (prefix {issued.prefix}):")
+    typer.echo(issued.key)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """List API keys (prefixes only)."""
+    services = build(settings(data_dir))
+    try:
+        rows = services.keys.list()
+    finally:
+        services.close()
+    table = Table("prefix", "owner", "label", "created", "revoked")
+    for k in rows:
+        table.add_row(k.prefix, k.owner_name, k.label or "", k.created_at.isoformat(),
+                      k.revoked_at.isoformat() if k.revoked_at else "")
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(prefix: str, data_dir: DataDir = None) -> None:
+    """Revoke an API key by its prefix."""
+    services = build(settings(data_dir))
+    try:
+        services.keys.revoke(prefix)
+    except IngestdError as exc:
+        console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(1) from exc
+    finally:
+        services.close()
+    console.print(f"revoked {prefix}")
+
+
+def main() -> None:
+    with contextlib.suppress(AttributeError):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    app()

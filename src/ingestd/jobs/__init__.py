@@ -1,0 +1,1 @@
+"""The job engine: work orders in the database, leases, retries, a DAG per asset."""

@@ -1,0 +1,53 @@
+"""Dispatchers tell workers that work may be waiting. The database stays the truth.
+
+A lost announcement only costs a poll interval; a duplicate costs one empty claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Protocol
+
+from ingestd.jobs.engine import Ready
+
+
+class Dispatcher(Protocol):
+    async def announce(self, ready: Sequence[Ready]) -> None:
+        """Say that these orders may be claimed now. Called after their transaction commits."""
+        ...
+
+    async def wait(self, queues: Sequence[str], max_wait_s: float) -> None:
+        """Return when work may be waiting on one of ``queues``, or after ``max_wait_s``."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class InProcessDispatcher:
+    """One process: an event per queue wakes the workers of that process."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def _event(self, queue: str) -> asyncio.Event:
+        return self._events.setdefault(queue, asyncio.Event())
+
+    async def announce(self, ready: Sequence[Ready]) -> None:
+        for queue in {r.queue for r in ready}:
+            self._event(queue).set()
+
+    async def wait(self, queues: Sequence[str], max_wait_s: float) -> None:
+        events = [self._event(q) for q in queues]
+        if not any(e.is_set() for e in events):
+            waiters = [asyncio.create_task(e.wait()) for e in events]
+            try:
+                await asyncio.wait(waiters, timeout=max_wait_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+        for e in events:
+            e.clear()
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,222 @@
+"""The worker loop: claim, run the step with a heartbeat, finish or fail.
+
+Step code is async and receives a :class:`StepContext`; database calls of the engine
+are synchronous and run in threads so they never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from sqlalchemy.orm import Session
+
+from ingestd.errors import IngestdError, LeaseLost, SourceRejected, StepTimeout
+from ingestd.jobs.dispatch import Dispatcher
+from ingestd.jobs.engine import Claim, Hook, JobEngine
+
+T = TypeVar("T")
+
+
+@dataclass
+class Outcome:
+    """What a step returns: a JSON result, and rows to write when it commits."""
+
+    result: dict[str, Any] = field(default_factory=dict)
+    hook: Hook | None = None
+
+
+@dataclass
+class StepContext:
+    claim: Claim
+    engine: JobEngine
+    workdir: Path
+    logger: logging.Logger
+    progress: float = 0.0
+    eta_s: float | None = None
+
+    def report(self, fraction: float, eta_s: float | None = None) -> None:
+        """Record progress; the heartbeat stores it."""
+        self.progress = max(self.progress, min(1.0, fraction))
+        self.eta_s = eta_s
+
+    async def write(self, hook: Hook) -> None:
+        """Write rows now, only while the lease is held (raises LeaseLost)."""
+        await anyio.to_thread.run_sync(self.engine.write, self.claim, hook)
+
+    async def read(self, fn: Callable[[Session], T]) -> T:
+        def run() -> T:
+            with self.engine.db.transaction() as session:
+                return fn(session)
+
+        return await anyio.to_thread.run_sync(run)
+
+
+StepFn = Callable[[StepContext], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class Step:
+    run: StepFn
+    timeout_s: float | None = None
+    # rows to write when the step fails for good (e.g. mark a source rejected)
+    on_failure: Callable[[Claim, str], Hook] | None = None
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: JobEngine,
+        dispatcher: Dispatcher,
+        steps: Mapping[str, Step],
+        *,
+        worker_id: str,
+        queues: Sequence[str],
+        concurrency: int = 2,
+        workdir: Path,
+        heartbeat_s: float = 10.0,
+        progress_s: float = 1.0,
+        poll_s: float = 2.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.steps = steps
+        self.worker_id = worker_id
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.workdir = workdir
+        self.heartbeat_s = heartbeat_s
+        self.progress_s = progress_s
+        self.poll_s = poll_s
+        self.log = logger or logging.getLogger("ingestd.worker")
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            while not stop.is_set():
+                claimed = False
+                while len(self._running) < self.concurrency and not stop.is_set():
+                    claim = await anyio.to_thread.run_sync(
+                        self.engine.claim, self.worker_id, self.queues
+                    )
+                    if claim is None:
+                        break
+                    claimed = True
+                    task = asyncio.create_task(self._execute(claim))
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
+                if claimed and len(self._running) < self.concurrency:
+                    continue
+                await self._wait(stop)
+        finally:
+            for task in list(self._running):
+                task.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _wait(self, stop: asyncio.Event) -> None:
+        waiters: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self.dispatcher.wait(self.queues, self.poll_s))
+        ]
+        waiters.append(asyncio.create_task(stop.wait()))
+        if self._running:
+            waiters.append(asyncio.create_task(asyncio.wait(set(self._running))))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    async def _execute(self, claim: Claim) -> None:
+        step = self.steps.get(claim.step)
+        if step is None:
+            await anyio.to_thread.run_sync(
+                lambda: self.engine.fail(claim, f"no step named {claim.step!r}", retryable=False)
+            )
+            return
+        workdir = Path(tempfile.mkdtemp(prefix=f"{claim.step}-", dir=self.workdir))
+        ctx = StepContext(claim, self.engine, workdir, self.log.getChild(claim.step))
+        body = asyncio.create_task(self._run_body(step, ctx))
+        beat = asyncio.create_task(self._heartbeat(ctx, body))
+        try:
+            outcome = await body
+        except LeaseLost:
+            self.log.warning("lost the lease on %s/%s; stopped", claim.asset_id, claim.step)
+            return
+        except asyncio.CancelledError:
+            if not beat.done() or beat.exception() is None:
+                raise
+            return
+        except SourceRejected as exc:
+            await self._fail(step, claim, exc.message, retryable=False)
+        except IngestdError as exc:
+            await self._fail(step, claim, exc.message, retryable=True)
+        except Exception as exc:  # a bug in a step must not kill the worker
+            self.log.exception("step %s crashed", claim.step)
+            await self._fail(step, claim, f"{type(exc).__name__}: {exc}", retryable=True)
+        else:
+            try:
+                ready = await anyio.to_thread.run_sync(
+                    self.engine.complete, claim, outcome.result, outcome.hook
+                )
+            except LeaseLost:
+                self.log.warning("lease on %s/%s lost before commit", claim.asset_id, claim.step)
+                return
+            await self.dispatcher.announce(ready)
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                await beat
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _run_body(self, step: Step, ctx: StepContext) -> Outcome:
+        try:
+            return await asyncio.wait_for(step.run(ctx), timeout=step.timeout_s)
+        except TimeoutError as exc:
+            raise StepTimeout(f"step {ctx.claim.step} ran over {step.timeout_s} s") from exc
+
+    async def _fail(self, step: Step, claim: Claim, error: str, *, retryable: bool) -> None:
+        hook = step.on_failure(claim, error) if step.on_failure else None
+        try:
+            retried = await anyio.to_thread.run_sync(
+                lambda: self.engine.fail(claim, error, retryable=retryable, hook=hook)
+            )
+        except LeaseLost:
+            return
+        self.log.info(
+            "%s/%s failed (attempt %d): %s%s",
+            claim.asset_id,
+            claim.step,
+            claim.attempt,
+            error,
+            "; will retry" if retried else "",
+        )
+
+    async def _heartbeat(self, ctx: StepContext, body: asyncio.Task[Outcome]) -> None:
+        """Extend the lease and store progress; cancel the step if the lease is lost."""
+        last_beat = time.monotonic()
+        sent = -1.0
+        while True:
+            await asyncio.sleep(self.progress_s)
+            due = time.monotonic() - last_beat >= self.heartbeat_s
+            if not due and ctx.progress == sent:
+                continue
+            try:
+                await anyio.to_thread.run_sync(
+                    self.engine.heartbeat, ctx.claim, ctx.progress, ctx.eta_s
+                )
+            except LeaseLost:
+                body.cancel()
+                raise
+            sent = ctx.progress
+            last_beat = time.monotonic()

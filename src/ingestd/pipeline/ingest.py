@@ -1,0 +1,103 @@
+"""The first step of every asset: validate the master, then enqueue the graph of its kind."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from ingestd.db.models import Asset, Block, Source
+from ingestd.domain.states import AssetStatus, SourceStatus, check_transition
+from ingestd.errors import SourceRejected
+from ingestd.jobs.engine import JobEngine, emit, set_asset_status
+from ingestd.jobs.graph import Graph, StepSpec
+from ingestd.jobs.worker import Outcome, StepContext
+from ingestd.media import sniff, validate_audio
+from ingestd.pipeline.context import PipelineDeps, current_source, progress_to
+from ingestd.pipeline.music import music_graph
+
+VALIDATE = "validate"
+
+
+def ingest_graph() -> Graph:
+    """What completing an upload enqueues; the kind's own graph follows validation."""
+    return Graph((StepSpec(VALIDATE, queue="default", max_attempts=3, weight=1.0),))
+
+
+class ValidateStep:
+    def __init__(self, deps: PipelineDeps, engine: JobEngine) -> None:
+        self.deps = deps
+        self.engine = engine
+
+    async def __call__(self, ctx: StepContext) -> Outcome:
+        ref = await ctx.read(current_source(ctx.claim.asset_id))
+
+        def start(session: Session) -> None:
+            source = session.get_one(Source, ref.source_id)
+            if source.status == SourceStatus.UPLOADED.value:
+                source.status = check_transition(
+                    SourceStatus.UPLOADED, SourceStatus.VALIDATING
+                ).value
+
+        await ctx.write(start)
+        try:
+            async with self.deps.store.local_path(ref.master_key) as path:
+                sniffed = sniff(path)
+                if sniffed.kind != "audio":
+                    what = "a " + sniffed.kind if sniffed.kind != "unknown" else "not a known"
+                    raise SourceRejected(
+                        f"unsupported file: the bytes are {what} format "
+                        f"({sniffed.container}); this service accepts audio masters"
+                    )
+                probe = await validate_audio(
+                    self.deps.toolchain,
+                    path,
+                    on_progress=progress_to(ctx),
+                    max_duration_s=self.deps.limits.max_duration_s,
+                )
+        except SourceRejected as exc:
+            await self._reject(ctx, ref.source_id, ref.master_key, exc.message)
+            raise
+
+        summary = probe.to_dict()
+        graph = music_graph(ref.sha256, sniffed.container)
+
+        def finish(session: Session) -> None:
+            source = session.get_one(Source, ref.source_id)
+            source.status = check_transition(
+                SourceStatus(source.status), SourceStatus.INGESTED
+            ).value
+            asset = session.get_one(Asset, ref.asset_id)
+            asset.kind = "audio"
+            asset.meta = {
+                **asset.meta,
+                "probe": summary,
+                "container": sniffed.container,
+                "mime": sniffed.mime,
+            }
+            set_asset_status(session, asset, AssetStatus.PROCESSING)
+            emit(
+                session,
+                asset.owner_id,
+                asset.id,
+                "source.ingested",
+                source_id=source.id,
+                container=sniffed.container,
+            )
+            self.engine.enqueue_graph(session, asset.id, graph)
+
+        return Outcome({"container": sniffed.container, "probe": summary}, finish)
+
+    async def _reject(self, ctx: StepContext, source_id: str, key: str, reason: str) -> None:
+        await self.deps.store.delete(key)  # a rejected master is not kept
+
+        def mark(session: Session) -> None:
+            source = session.get_one(Source, source_id)
+            source.status = check_transition(
+                SourceStatus(source.status), SourceStatus.REJECTED
+            ).value
+            source.reason = reason
+            source.master_key = None
+            session.execute(delete(Block).where(Block.source_id == source_id))
+            emit(session, source.owner_id, source.asset_id, "source.rejected", reason=reason)
+
+        await ctx.write(mark)

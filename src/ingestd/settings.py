@@ -1,0 +1,58 @@
+"""Settings, read once, in the composition root only (``INGESTD_*`` variables and CLI flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INGESTD_", extra="ignore")
+
+    data_dir: Path = Path(".ingestd")
+    database_url: str | None = None  # default: sqlite in data_dir
+    storage_url: str | None = None  # default: file:// in data_dir
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str | None = None  # e.g. https://media.example.org; else from the request
+    secret: str | None = None  # signs URLs; default: a random secret kept in data_dir
+
+    max_upload_size: int = Field(default=100 << 30, gt=0)
+    upload_ttl_s: int = Field(default=24 * 3600, gt=0)
+    block_size: int = 8 << 20
+    url_ttl_s: int = 6 * 3600
+
+    ffmpeg: str | None = None
+    ffprobe: str | None = None
+    packager: str | None = None
+
+    worker_concurrency: int = Field(default=2, ge=1)
+    queues: str = "default,encode"
+    lease_s: float = 60.0
+    heartbeat_s: float = 10.0
+    poll_s: float = 2.0
+    retry_base_s: float = 2.0
+    step_timeout_s: float = 6 * 3600
+    max_duration_s: float = 24 * 3600
+    segment_s: float = 6.0
+
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'ingestd.db').resolve()}"
+
+    @property
+    def storage_root(self) -> Path:
+        url = self.storage_url
+        if url is None:
+            return (self.data_dir / "store").resolve()
+        if url.startswith("file://"):
+            return Path(url.removeprefix("file://")).resolve()
+        raise ValueError(f"unsupported INGESTD_STORAGE_URL {url!r} (file:// only so far)")
+
+    @property
+    def queue_list(self) -> list[str]:
+        return [q.strip() for q in self.queues.split(",") if q.strip()]

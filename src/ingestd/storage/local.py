@@ -1,0 +1,252 @@
+"""Local-disk store: atomic writes (temp file, fsync, rename) under one root.
+
+Layout: ``<root>/objects/<key>`` for masters and renditions, ``<root>/staging/<id>.part``
+for uploads in progress. Both live on one filesystem, so finalising an upload is a rename.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from ingestd.errors import InvalidRequest, NotFound, StorageError, TooLarge
+from ingestd.storage.base import IncompleteWrite
+
+_READ_CHUNK = 1 << 20
+_WRITE_BUFFER = 1 << 20
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore:
+    """Implements :class:`ObjectStore` and :class:`StagingStore` on a local directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.staging = root / "staging"
+        self.tmp = root / "tmp"
+        for d in (self.objects, self.staging, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # -- keys -------------------------------------------------------------------------
+
+    def path_for(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts) or "\\" in key or "\0" in key:
+            raise InvalidRequest(f"invalid object key {key!r}")
+        return self.objects.joinpath(*parts)
+
+    def _staged(self, upload_id: str) -> Path:
+        if not upload_id.replace("_", "").isalnum():
+            raise InvalidRequest(f"invalid upload id {upload_id!r}")
+        return self.staging / f"{upload_id}.part"
+
+    # -- ObjectStore ------------------------------------------------------------------
+
+    async def put_file(self, key: str, src: Path, *, move: bool = False) -> int:
+        dest = self.path_for(key)
+        return await anyio.to_thread.run_sync(self._put_file, src, dest, move)
+
+    def _put_file(self, src: Path, dest: Path, move: bool) -> int:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if move:
+                try:
+                    with open(src, "rb+") as f:
+                        os.fsync(f.fileno())
+                    os.replace(src, dest)
+                    _fsync_dir(dest.parent)
+                    return dest.stat().st_size
+                except OSError as exc:
+                    if exc.errno != 18:  # EXDEV: other filesystem, fall back to a copy
+                        raise
+            tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+            with open(src, "rb") as r, open(tmp, "wb") as w:
+                shutil.copyfileobj(r, w, _READ_CHUNK)
+                w.flush()
+                os.fsync(w.fileno())
+            os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
+            if move:
+                src.unlink()
+            return dest.stat().st_size
+        except OSError as exc:
+            raise StorageError(f"cannot store {dest.name}: {exc}") from exc
+
+    async def put_bytes(self, key: str, data: bytes) -> int:
+        dest = self.path_for(key)
+        return await anyio.to_thread.run_sync(self._put_bytes, dest, data)
+
+    def _put_bytes(self, dest: Path, data: bytes) -> int:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(tmp, "wb") as w:
+                w.write(data)
+                w.flush()
+                os.fsync(w.fileno())
+            os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot store {dest.name}: {exc}") from exc
+        return len(data)
+
+    async def size(self, key: str) -> int:
+        try:
+            return self.path_for(key).stat().st_size
+        except FileNotFoundError as exc:
+            raise NotFound(f"object {key} not found") from exc
+
+    async def read(
+        self, key: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        path = self.path_for(key)
+        try:
+            f = await anyio.open_file(path, "rb")
+        except FileNotFoundError as exc:
+            raise NotFound(f"object {key} not found") from exc
+        async with f:
+            await f.seek(offset)
+            remaining = length
+            while remaining is None or remaining > 0:
+                n = _READ_CHUNK if remaining is None else min(_READ_CHUNK, remaining)
+                chunk = await f.read(n)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+
+    @asynccontextmanager
+    async def local_path(self, key: str) -> AsyncIterator[Path]:
+        path = self.path_for(key)
+        if not path.is_file():
+            raise NotFound(f"object {key} not found")
+        yield path
+
+    async def delete(self, key: str) -> None:
+        self.path_for(key).unlink(missing_ok=True)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        base = self.path_for(prefix.rstrip("/"))
+        if base.is_file():
+            base.unlink()
+            return 1
+        if not base.is_dir():
+            return 0
+        count = sum(1 for p in base.rglob("*") if p.is_file())
+        await anyio.to_thread.run_sync(shutil.rmtree, base)
+        return count
+
+    # -- StagingStore -----------------------------------------------------------------
+
+    async def create(self, upload_id: str, size: int) -> None:
+        await anyio.to_thread.run_sync(self._create, self._staged(upload_id), size)
+
+    @staticmethod
+    def _create(path: Path, size: int) -> None:
+        if not path.exists():
+            with open(path, "wb") as f:
+                f.truncate(size)  # sparse: no space used until blocks arrive
+
+    async def write_at(
+        self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], limit: int
+    ) -> int:
+        path = self._staged(upload_id)
+        try:
+            fd = os.open(path, os.O_WRONLY)
+        except FileNotFoundError as exc:
+            raise NotFound(f"upload {upload_id} has no staged data") from exc
+        written = 0
+        buf = bytearray()
+
+        def flush() -> None:
+            nonlocal written
+            view = memoryview(buf)
+            while view:
+                n = os.pwrite(fd, view, offset + written)
+                written += n
+                view = view[n:]
+            buf.clear()
+
+        try:
+            try:
+                async for chunk in chunks:
+                    if written + len(buf) + len(chunk) > limit:
+                        raise TooLarge(f"more than {limit} bytes sent")
+                    buf += chunk
+                    if len(buf) >= _WRITE_BUFFER:
+                        await anyio.to_thread.run_sync(flush)
+            except (TooLarge, StorageError):
+                raise
+            except Exception as exc:
+                await anyio.to_thread.run_sync(flush)
+                await anyio.to_thread.run_sync(os.fsync, fd)
+                raise IncompleteWrite(written, f"stream broke after {written} bytes") from exc
+            await anyio.to_thread.run_sync(flush)
+            await anyio.to_thread.run_sync(os.fsync, fd)
+        except OSError as exc:
+            raise StorageError(f"cannot write staged data: {exc}") from exc
+        finally:
+            os.close(fd)
+        return written
+
+    async def copy_in(
+        self, upload_id: str, offset: int, src_key: str, src_offset: int, size: int
+    ) -> None:
+        src = self.path_for(src_key)
+        dest = self._staged(upload_id)
+        await anyio.to_thread.run_sync(self._copy_range, src, src_offset, dest, offset, size)
+
+    @staticmethod
+    def _copy_range(src: Path, src_offset: int, dest: Path, offset: int, size: int) -> None:
+        try:
+            with open(src, "rb") as r, open(dest, "r+b") as w:
+                remaining = size
+                s_off, d_off = src_offset, offset
+                while remaining:
+                    # in-kernel copy; a reflink where the filesystem supports it
+                    n = os.copy_file_range(r.fileno(), w.fileno(), remaining, s_off, d_off)
+                    if n == 0:
+                        raise StorageError(f"source object {src.name} is shorter than expected")
+                    remaining -= n
+                    s_off += n
+                    d_off += n
+                os.fsync(w.fileno())
+        except FileNotFoundError as exc:
+            raise NotFound("a deduplicated block's object is gone") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot copy block: {exc}") from exc
+
+    async def read_staged(self, upload_id: str) -> AsyncIterator[bytes]:
+        path = self._staged(upload_id)
+        try:
+            f = await anyio.open_file(path, "rb")
+        except FileNotFoundError as exc:
+            raise NotFound(f"upload {upload_id} has no staged data") from exc
+        async with f:
+            while chunk := await f.read(_READ_CHUNK * 4):
+                yield chunk
+
+    async def finalize(self, upload_id: str, key: str) -> None:
+        src = self._staged(upload_id)
+        if not src.exists():
+            raise NotFound(f"upload {upload_id} has no staged data")
+        await self.put_file(key, src, move=True)
+
+    async def discard(self, upload_id: str) -> None:
+        self._staged(upload_id).unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Resumable uploads: sessions, blocks, verification and assembly of the master."""

@@ -1,0 +1,585 @@
+"""The upload service: one path from first byte to a master waiting for validation.
+
+Every protocol (block API, local files; tus and AMQP later) lands here: sessions are
+created, blocks are written to the staging store and recorded only once verified, and
+completion checks, assembles, hashes and hands the master to the job engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from ingestd.db.engine import Database
+from ingestd.db.models import Asset, Block, Source, UploadPart, UploadSession
+from ingestd.db.types import new_id, utcnow
+from ingestd.domain.states import AssetStatus, SourceStatus, UploadStatus, check_transition
+from ingestd.errors import (
+    ChecksumMismatch,
+    Gone,
+    InvalidRequest,
+    InvalidState,
+    NotFound,
+    SizeMismatch,
+    TooLarge,
+    UploadIncomplete,
+)
+from ingestd.jobs.dispatch import Dispatcher
+from ingestd.jobs.engine import JobEngine, emit
+from ingestd.jobs.graph import Graph
+from ingestd.storage.base import ObjectStore, StagingStore
+from ingestd.uploads.blocks import (
+    DEFAULT_BLOCK_SIZE,
+    block_count,
+    block_span,
+    check_block_size,
+    missing_blocks,
+    normalise_sha256,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_upload_size: int = 100 << 30
+    ttl: timedelta = timedelta(hours=24)
+    default_block_size: int = DEFAULT_BLOCK_SIZE
+
+
+@dataclass(frozen=True)
+class NewUpload:
+    filename: str | None
+    size: int
+    block_size: int | None = None
+    blocks: Sequence[str] | None = None
+    sha256: str | None = None
+    title: str | None = None
+    description: str | None = None
+    content_type: str | None = None
+    protocol: str = "blocks"
+
+
+@dataclass(frozen=True)
+class UploadInfo:
+    upload_id: str
+    asset_id: str
+    source_id: str
+    status: str
+    source_status: str
+    size: int
+    bytes_received: int
+    block_size: int
+    block_count: int
+    present: list[int]
+    missing: list[int]
+    expires_at: datetime
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    index: int
+    size: int
+    sha256: str
+
+
+def master_key(asset_id: str, source_id: str) -> str:
+    return f"masters/{asset_id}/{source_id}/original"
+
+
+class UploadService:
+    def __init__(
+        self,
+        db: Database,
+        staging: StagingStore,
+        store: ObjectStore,
+        engine: JobEngine,
+        dispatcher: Dispatcher,
+        ingest_graph: Callable[[], Graph],
+        *,
+        limits: UploadLimits | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db = db
+        self.staging = staging
+        self.store = store
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.ingest_graph = ingest_graph
+        self.limits = limits or UploadLimits()
+        self.clock = clock
+        self._block_locks: dict[tuple[str, int], asyncio.Lock] = {}
+
+    # -- create -----------------------------------------------------------------------
+
+    async def create(self, owner_id: str, req: NewUpload) -> UploadInfo:
+        if req.size <= 0:
+            raise InvalidRequest("size must be a positive number of bytes", size=req.size)
+        if req.size > self.limits.max_upload_size:
+            raise TooLarge(
+                f"size {req.size} exceeds the maximum upload size of "
+                f"{self.limits.max_upload_size} bytes",
+                max_upload_size=self.limits.max_upload_size,
+            )
+        block_size = check_block_size(req.block_size or self.limits.default_block_size)
+        count = block_count(req.size, block_size)
+        hashes = None
+        if req.blocks is not None:
+            if len(req.blocks) != count:
+                raise InvalidRequest(
+                    f"blocks lists {len(req.blocks)} hashes; size {req.size} in blocks of "
+                    f"{block_size} makes {count}",
+                    expected=count,
+                )
+            hashes = [normalise_sha256(h, "each block hash") for h in req.blocks]
+        sha = normalise_sha256(req.sha256) if req.sha256 else None
+        filename = (req.filename or "")[:1000] or None  # metadata only, never a path
+
+        now = self.clock()
+        upload_id = new_id("up")
+
+        def write(session: Session) -> None:
+            asset = Asset(
+                id=new_id("as"),
+                owner_id=owner_id,
+                kind="unknown",
+                title=req.title or filename,
+                description=req.description,
+                status=AssetStatus.CREATED.value,
+                meta={},
+            )
+            source = Source(
+                id=new_id("src"),
+                asset_id=asset.id,
+                owner_id=owner_id,
+                filename=filename,
+                content_type=req.content_type,
+                size=req.size,
+                status=SourceStatus.UPLOADING.value,
+                staging_key=upload_id,
+            )
+            session.add_all([asset, source])
+            session.flush()
+            session.add(
+                UploadSession(
+                    id=upload_id,
+                    source_id=source.id,
+                    owner_id=owner_id,
+                    protocol=req.protocol,
+                    status=UploadStatus.OPEN.value,
+                    size=req.size,
+                    block_size=block_size,
+                    block_count=count,
+                    block_hashes=hashes,
+                    expected_sha256=sha,
+                    expires_at=now + self.limits.ttl,
+                )
+            )
+            session.flush()
+            if hashes:
+                self._plan_dedup(session, owner_id, upload_id, hashes, req.size, block_size)
+            emit(
+                session,
+                owner_id,
+                asset.id,
+                "upload.created",
+                upload_id=upload_id,
+                size=req.size,
+                protocol=req.protocol,
+            )
+
+        await self._tx(write)
+        await self.staging.create(upload_id, req.size)
+        return await self.status(owner_id, upload_id)
+
+    def _plan_dedup(
+        self,
+        session: Session,
+        owner_id: str,
+        upload_id: str,
+        hashes: list[str],
+        size: int,
+        block_size: int,
+    ) -> None:
+        """Blocks this owner already stores are not requested again (never across owners)."""
+        known = dict(
+            session.execute(
+                select(Block.sha256, Block.size).where(
+                    Block.owner_id == owner_id, Block.sha256.in_(set(hashes))
+                )
+            )
+            .tuples()
+            .all()
+        )
+        for index, digest in enumerate(hashes):
+            _, length = block_span(index, size, block_size)
+            if known.get(digest) == length:
+                session.add(
+                    UploadPart(
+                        session_id=upload_id,
+                        index=index,
+                        size=length,
+                        sha256=digest,
+                        origin="dedup",
+                    )
+                )
+
+    # -- blocks -----------------------------------------------------------------------
+
+    async def put_block(
+        self,
+        owner_id: str,
+        upload_id: str,
+        index: int,
+        chunks: AsyncIterator[bytes],
+        *,
+        sha256: str | None,
+        content_length: int | None = None,
+    ) -> PartInfo:
+        session_row = await self._read(lambda s: self._open_session(s, owner_id, upload_id))
+        offset, length = block_span(index, session_row.size, session_row.block_size)
+        declared = (session_row.block_hashes or [None] * session_row.block_count)[index]
+        expected = sha256 or declared
+        if expected is None:
+            raise InvalidRequest(
+                "send the block's SHA-256 in a Content-Digest header (sha-256=:<base64>:)"
+            )
+        if sha256 and declared and sha256 != declared:
+            raise ChecksumMismatch(
+                f"block {index}: Content-Digest differs from the hash declared at init",
+                index=index,
+            )
+        if content_length is not None and content_length > length:
+            raise TooLarge(
+                f"block {index} must be {length} bytes; {content_length} announced",
+                index=index,
+                expected=length,
+            )
+
+        hasher = hashlib.sha256()
+
+        async def hashed() -> AsyncIterator[bytes]:
+            async for chunk in chunks:
+                hasher.update(chunk)
+                yield chunk
+
+        lock = self._block_locks.setdefault((upload_id, index), asyncio.Lock())
+        async with lock:
+            try:
+                written = await self.staging.write_at(upload_id, offset, hashed(), limit=length)
+            except TooLarge as exc:
+                raise TooLarge(
+                    f"block {index} is larger than its {length} bytes", index=index, expected=length
+                ) from exc
+            if written != length:
+                raise InvalidRequest(
+                    f"block {index} must be {length} bytes; received {written}",
+                    index=index,
+                    expected=length,
+                    received=written,
+                )
+            actual = hasher.hexdigest()
+            if actual != expected:
+                # the bytes stay unrecorded: the block counts as missing until resent
+                raise ChecksumMismatch(
+                    f"block {index}: SHA-256 of the received data is {actual}, expected {expected}",
+                    index=index,
+                )
+
+            def record(session: Session) -> None:
+                row = self._open_session(session, owner_id, upload_id)
+                session.merge(
+                    UploadPart(
+                        session_id=row.id, index=index, size=length, sha256=actual, origin="upload"
+                    )
+                )
+                session.flush()
+                source = session.get_one(Source, row.source_id)
+                source.bytes_received = self._received(session, row.id)
+
+            await self._tx(record)
+        self._block_locks.pop((upload_id, index), None)
+        return PartInfo(index=index, size=length, sha256=actual)
+
+    # -- status, cancel ---------------------------------------------------------------
+
+    async def status(self, owner_id: str, upload_id: str) -> UploadInfo:
+        return await self._read(lambda s: self._info(s, self._session(s, owner_id, upload_id)))
+
+    async def cancel(self, owner_id: str, upload_id: str) -> None:
+        def write(session: Session) -> None:
+            row = self._session(session, owner_id, upload_id)
+            if row.status != UploadStatus.OPEN.value:
+                raise InvalidState(f"upload is {row.status}; only an open upload can be cancelled")
+            row.status = check_transition(UploadStatus.OPEN, UploadStatus.CANCELLED).value
+            source = session.get_one(Source, row.source_id)
+            source.status = check_transition(
+                SourceStatus(source.status), SourceStatus.CANCELLED
+            ).value
+            asset = session.get_one(Asset, source.asset_id)
+            asset.status = check_transition(AssetStatus(asset.status), AssetStatus.ABANDONED).value
+            session.execute(delete(UploadPart).where(UploadPart.session_id == row.id))
+            emit(session, owner_id, asset.id, "upload.cancelled", upload_id=upload_id)
+
+        await self._tx(write)
+        await self.staging.discard(upload_id)
+
+    # -- complete ---------------------------------------------------------------------
+
+    async def complete(self, owner_id: str, upload_id: str) -> UploadInfo:
+        row = await self._read(lambda s: self._session(s, owner_id, upload_id))
+        if row.status == UploadStatus.COMPLETED.value:
+            return await self.status(owner_id, upload_id)  # idempotent
+        row = await self._read(lambda s: self._open_session(s, owner_id, upload_id))
+        parts = await self._read(
+            lambda s: list(s.scalars(select(UploadPart).where(UploadPart.session_id == upload_id)))
+        )
+        present = {p.index for p in parts}
+        missing = missing_blocks(present, row.block_count)
+        if missing:
+            raise UploadIncomplete(
+                f"{len(missing)} of {row.block_count} blocks are missing", missing=missing
+            )
+        total = sum(p.size for p in parts)
+        if total != row.size:
+            raise SizeMismatch(
+                f"received {total} bytes; the upload declared {row.size}",
+                received=total,
+                size=row.size,
+            )
+
+        await self._copy_dedup_blocks(
+            owner_id, upload_id, [p for p in parts if p.origin == "dedup"]
+        )
+        whole, bad = await self._hash_staged(
+            upload_id, row.block_size, {p.index: p.sha256 for p in parts}
+        )
+        if bad:
+            await self._tx(lambda s: self._drop_parts(s, upload_id, bad))
+            raise UploadIncomplete(
+                f"blocks {bad} did not hold their verified data and must be sent again",
+                missing=bad,
+            )
+        if row.expected_sha256 and whole != row.expected_sha256:
+            raise ChecksumMismatch(
+                f"SHA-256 of the assembled file is {whole}, expected {row.expected_sha256}",
+                sha256=whole,
+            )
+        source = await self._read(lambda s: s.get_one(Source, row.source_id))
+        key = master_key(source.asset_id, source.id)
+        await self.staging.finalize(upload_id, key)  # a rename where the store allows
+
+        def commit(session: Session) -> list[Any]:
+            live = self._open_session(session, owner_id, upload_id)
+            live.status = check_transition(UploadStatus.OPEN, UploadStatus.COMPLETED).value
+            live.completed_at = self.clock()
+            src = session.get_one(Source, live.source_id)
+            src.status = check_transition(SourceStatus.UPLOADING, SourceStatus.UPLOADED).value
+            src.sha256 = whole
+            src.master_key = key
+            src.staging_key = None
+            src.bytes_received = live.size
+            asset = session.get_one(Asset, src.asset_id)
+            asset.status = check_transition(AssetStatus(asset.status), AssetStatus.INGESTING).value
+            asset.sha256 = whole
+            for p in parts:
+                offset, _ = block_span(p.index, live.size, live.block_size)
+                session.add(
+                    Block(
+                        owner_id=owner_id,
+                        sha256=p.sha256,
+                        size=p.size,
+                        object_key=key,
+                        offset=offset,
+                        source_id=src.id,
+                    )
+                )
+            emit(
+                session,
+                owner_id,
+                asset.id,
+                "upload.completed",
+                upload_id=upload_id,
+                sha256=whole,
+                size=live.size,
+            )
+            return list(self.engine.enqueue_graph(session, asset.id, self.ingest_graph()))
+
+        ready = await self._tx(commit)
+        await self.dispatcher.announce(ready)
+        return await self.status(owner_id, upload_id)
+
+    async def _copy_dedup_blocks(
+        self, owner_id: str, upload_id: str, parts: list[UploadPart]
+    ) -> None:
+        if not parts:
+            return
+        row = await self._read(lambda s: s.get_one(UploadSession, upload_id))
+        gone: list[int] = []
+        for part in parts:
+            location = await self._read(self._locate(owner_id, part.sha256, part.size))
+            offset, _ = block_span(part.index, row.size, row.block_size)
+            if location is None:
+                gone.append(part.index)
+                continue
+            try:
+                await self.staging.copy_in(upload_id, offset, location[0], location[1], part.size)
+            except NotFound:
+                gone.append(part.index)
+        if gone:
+            await self._tx(lambda s: self._drop_parts(s, upload_id, gone))
+            raise UploadIncomplete(
+                f"deduplicated blocks {gone} are no longer stored; send them", missing=gone
+            )
+
+    @staticmethod
+    def _locate(
+        owner_id: str, sha256: str, size: int
+    ) -> Callable[[Session], tuple[str, int] | None]:
+        def find(session: Session) -> tuple[str, int] | None:
+            row = session.execute(
+                select(Block.object_key, Block.offset)
+                .where(Block.owner_id == owner_id, Block.sha256 == sha256, Block.size == size)
+                .limit(1)
+            ).first()
+            return None if row is None else (row[0], row[1])
+
+        return find
+
+    async def _hash_staged(
+        self, upload_id: str, block_size: int, expected: dict[int, str]
+    ) -> tuple[str, list[int]]:
+        """One sequential read: the file's SHA-256 and any block whose bytes changed."""
+        whole = hashlib.sha256()
+        block = hashlib.sha256()
+        bad: list[int] = []
+        index = filled = 0
+        async for chunk in self.staging.read_staged(upload_id):
+            view = memoryview(chunk)
+            while view:
+                take = view[: block_size - filled]
+                whole.update(take)
+                block.update(take)
+                filled += len(take)
+                view = view[len(take) :]
+                if filled == block_size:
+                    if expected.get(index) != block.hexdigest():
+                        bad.append(index)
+                    index, filled, block = index + 1, 0, hashlib.sha256()
+        if filled and expected.get(index) != block.hexdigest():
+            bad.append(index)
+        return whole.hexdigest(), bad
+
+    # -- local files ------------------------------------------------------------------
+
+    async def ingest_file(
+        self, owner_id: str, path: Path, *, title: str | None = None, description: str | None = None
+    ) -> UploadInfo:
+        """Ingest a local file through the same path as an upload (the script entry)."""
+        size = (await anyio.Path(path).stat()).st_size
+        info = await self.create(
+            owner_id,
+            NewUpload(
+                filename=path.name,
+                size=size,
+                title=title,
+                description=description,
+                protocol="local",
+                block_size=self.limits.default_block_size,
+            ),
+        )
+        async with await anyio.open_file(path, "rb") as f:
+            for index in range(info.block_count):
+                _, length = block_span(index, size, info.block_size)
+                data = await f.read(length)
+                digest = hashlib.sha256(data).hexdigest()
+
+                async def one(d: bytes = data) -> AsyncIterator[bytes]:
+                    yield d
+
+                await self.put_block(owner_id, info.upload_id, index, one(), sha256=digest)
+        return await self.complete(owner_id, info.upload_id)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    async def _tx(self, fn: Callable[[Session], T]) -> T:
+        def run() -> T:
+            with self.db.transaction() as session:
+                return fn(session)
+
+        return await anyio.to_thread.run_sync(run)
+
+    _read = _tx
+
+    def _session(self, session: Session, owner_id: str, upload_id: str) -> UploadSession:
+        row = session.get(UploadSession, upload_id)
+        if row is None or row.owner_id != owner_id:  # another owner's upload does not exist
+            raise NotFound(f"upload {upload_id} not found")
+        return row
+
+    def _open_session(self, session: Session, owner_id: str, upload_id: str) -> UploadSession:
+        row = self._session(session, owner_id, upload_id)
+        if row.status == UploadStatus.OPEN.value and row.expires_at <= self.clock():
+            raise Gone(f"upload {upload_id} expired at {row.expires_at.isoformat()}")
+        if row.status != UploadStatus.OPEN.value:
+            if row.status in (UploadStatus.EXPIRED.value, UploadStatus.CANCELLED.value):
+                raise Gone(f"upload {upload_id} is {row.status}")
+            raise InvalidState(f"upload {upload_id} is {row.status}")
+        return row
+
+    @staticmethod
+    def _received(session: Session, upload_id: str) -> int:
+        return int(
+            session.scalar(
+                select(func.coalesce(func.sum(UploadPart.size), 0)).where(
+                    UploadPart.session_id == upload_id
+                )
+            )
+            or 0
+        )
+
+    def _drop_parts(self, session: Session, upload_id: str, indexes: list[int]) -> None:
+        session.execute(
+            delete(UploadPart).where(
+                UploadPart.session_id == upload_id, UploadPart.index.in_(indexes)
+            )
+        )
+        row = session.get_one(UploadSession, upload_id)
+        session.get_one(Source, row.source_id).bytes_received = self._received(session, upload_id)
+
+    def _info(self, session: Session, row: UploadSession) -> UploadInfo:
+        source = session.get_one(Source, row.source_id)
+        present = set(
+            session.scalars(select(UploadPart.index).where(UploadPart.session_id == row.id))
+        )
+        status = row.status
+        if status == UploadStatus.OPEN.value and row.expires_at <= self.clock():
+            status = UploadStatus.EXPIRED.value
+        if row.status == UploadStatus.COMPLETED.value:
+            present = set(range(row.block_count))
+        return UploadInfo(
+            upload_id=row.id,
+            asset_id=source.asset_id,
+            source_id=source.id,
+            status=status,
+            source_status=source.status,
+            size=row.size,
+            bytes_received=source.bytes_received,
+            block_size=row.block_size,
+            block_count=row.block_count,
+            present=sorted(present),
+            missing=missing_blocks(present, row.block_count),
+            expires_at=row.expires_at,
+            reason=source.reason,
+        )
