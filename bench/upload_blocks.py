@@ -1,0 +1,611 @@
+"""Block upload throughput against a plain disk write, and what deduplication saves.
+
+What it measures, all in one run on one machine (loopback HTTP, one disk):
+
+* baseline: copying a random file to a new file on the same filesystem (read, write,
+  fsync) → MB/s;
+* upload 1: ``ingestd upload FILE --no-wait --json --parallel N`` of a fresh random file
+  to an ``ingestd serve`` started here → wall seconds, MB/s, the ratio upload ÷ disk write,
+  client CPU-seconds, server CPU-seconds and server peak RSS (sampled every 50 ms);
+* upload 2: the same file again; the client declares its block hashes and the server
+  should request none → seconds and the block bytes sent.
+
+Bytes sent are counted twice: the loopback interface's received bytes during the upload
+(all traffic, headers included; other loopback traffic on the machine adds to it) and the
+block bytes the server recorded as received (``upload_parts`` with origin ``upload``, read
+from the server's SQLite database; deduplicated blocks have origin ``dedup``).
+
+The file, the copy and the server's ``--data-dir`` live in one temporary directory (under
+``--work-dir``), so they share a disk. The server runs with ``INGESTD_QUEUES=bench-idle``:
+no worker claims the processing work, so nothing competes with the measurement and the
+uploaded blocks stay recorded for dedup. The client's wall time includes its start-up and
+its hashing pass over the file, as a user would see it. MB are 10^6 bytes.
+
+Run (from the repository root)::
+
+    .venv/bin/python bench/upload_blocks.py                 # 1 GiB, --parallel 4, 3 repeats
+    .venv/bin/python bench/upload_blocks.py --size 64M --repeat 1   # a quick run
+
+It prints a table (medians and every sample) and a last line of JSON,
+``{"figure": "upload_blocks", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+
+MB = 1_000_000
+MIB = 1 << 20
+COPY_BUFFER = 8 * MIB
+RSS_SAMPLE_S = 0.05
+HEALTH_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``1G``, ``64M``, ``512K``, ``1GiB`` or a plain number of bytes (binary multiples)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _SUFFIXES else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        size = int(float(number) * _SUFFIXES[unit])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from exc
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return size
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+# -- files and the disk baseline -------------------------------------------------------------
+
+
+def write_random_file(path: Path, size: int) -> None:
+    """Fresh random bytes (no block repeats, so nothing deduplicates), flushed to disk."""
+    with path.open("wb") as out:
+        left = size
+        while left:
+            chunk = os.urandom(min(COPY_BUFFER, left))
+            out.write(chunk)
+            left -= len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def disk_write_seconds(src: Path, dest: Path) -> float:
+    """Copy ``src`` to a new file ``dest`` (read, write, fsync): the plain-disk baseline."""
+    buffer = bytearray(COPY_BUFFER)
+    view = memoryview(buffer)
+    started = time.perf_counter()
+    with src.open("rb", buffering=0) as reader, dest.open("wb") as writer:
+        while got := reader.readinto(buffer):
+            writer.write(view[:got])
+        writer.flush()
+        os.fsync(writer.fileno())
+    return time.perf_counter() - started
+
+
+def settle() -> None:
+    """Write back dirty pages between phases so one phase's writeback does not slow the next."""
+    os.sync()
+
+
+def filesystem_of(path: Path) -> str:
+    best: Any = None
+    resolved = str(path.resolve())
+    for part in psutil.disk_partitions(all=True):
+        mount = part.mountpoint.rstrip("/") or "/"
+        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+        if inside and (best is None or len(mount) > len(best.mountpoint)):
+            best = part
+    return "unknown" if best is None else f"{best.device} ({best.fstype}) on {best.mountpoint}"
+
+
+# -- the server -------------------------------------------------------------------------------
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without any ``INGESTD_*`` (no stray database or data dir)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
+    env.update(extra)
+    return env
+
+
+class Server:
+    """``ingestd serve`` in a subprocess on a free loopback port, with its own data dir."""
+
+    def __init__(self, ingestd: Path, data_dir: Path, log_path: Path) -> None:
+        self.port = free_loopback_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.command = [
+            str(ingestd),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(data_dir),
+        ]
+        self._popen: subprocess.Popen[bytes] | None = None
+        self.key = ""
+
+    @property
+    def process(self) -> psutil.Process:
+        assert self._popen is not None
+        return psutil.Process(self._popen.pid)
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "ingestd.db"
+
+    def start(self) -> None:
+        env = clean_env(INGESTD_QUEUES="bench-idle")
+        with self.log_path.open("wb") as log:
+            self._popen = subprocess.Popen(
+                self.command, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._popen.poll() is not None:
+                raise RuntimeError(f"ingestd serve exited with {self._popen.returncode}")
+            if self._healthy() and (self.data_dir / "local-key").exists():
+                self.key = (self.data_dir / "local-key").read_text(encoding="utf-8").strip()
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"ingestd serve did not answer /health within {HEALTH_TIMEOUT_S:.0f} s")
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``."""
+        if self._popen is None or self._popen.poll() is not None:
+            return
+        self._popen.send_signal(signal.SIGTERM)
+        try:
+            self._popen.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._popen.kill()
+            self._popen.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class PeakRss(threading.Thread):
+    """Samples a process's RSS every ``RSS_SAMPLE_S`` until stopped; keeps the peak."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        super().__init__(daemon=True)
+        self._process = process
+        self._stop_event = threading.Event()
+        self.peak = 0
+        self.samples = 0
+
+    def _sample(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            self.samples += 1
+
+    def run(self) -> None:
+        self._sample()
+        while not self._stop_event.wait(RSS_SAMPLE_S):
+            self._sample()
+
+    def finish(self) -> int:
+        self._stop_event.set()
+        self.join()
+        self._sample()
+        return self.peak
+
+
+# -- one upload -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UploadRun:
+    seconds: float
+    client_cpu_s: float
+    server_cpu_s: float
+    server_peak_rss: int
+    loopback_bytes: int
+    block_bytes_expected: int
+    block_bytes_received: int | None  # recorded by the server as sent by the client
+    block_bytes_deduplicated: int | None
+    asset_id: str
+
+    def mb_s(self, size: int) -> float:
+        return size / MB / self.seconds
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def _loopback_received() -> int:
+    counters = psutil.net_io_counters(pernic=True)
+    return int(counters["lo"].bytes_recv) if "lo" in counters else 0
+
+
+def client_command(
+    ingestd: Path, path: Path, url: str, key: str, parallel: int, block_size: int | None
+) -> list[str]:
+    command = [str(ingestd), "upload", str(path), "--server", url, "--key", key]
+    command += ["--no-wait", "--json", "--parallel", str(parallel)]
+    if block_size is not None:
+        command += ["--block-size", str(block_size)]
+    return command
+
+
+def block_bytes_by_origin(database: Path, asset_id: str) -> dict[str, int] | None:
+    """What the server recorded for the asset's upload: block bytes per origin."""
+    query = (
+        "SELECT p.origin, SUM(p.size) FROM upload_parts p"
+        " JOIN upload_sessions u ON u.id = p.session_id"
+        " JOIN sources s ON s.id = u.source_id"
+        " WHERE s.asset_id = ? GROUP BY p.origin"
+    )
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+        ) as conn:
+            rows = conn.execute(query, (asset_id,)).fetchall()
+    except sqlite3.Error as exc:
+        print(f"warning: cannot read block accounting from {database}: {exc}", file=sys.stderr)
+        return None
+    return {str(origin): int(total) for origin, total in rows}
+
+
+def run_upload(
+    ingestd: Path,
+    path: Path,
+    server: Server,
+    *,
+    parallel: int,
+    block_size: int | None,
+    expected_block_bytes: int,
+    env: dict[str, str],
+) -> UploadRun:
+    command = client_command(ingestd, path, server.url, server.key, parallel, block_size)
+    process = server.process
+    sampler = PeakRss(process)
+    cpu_before, server_cpu_before = _children_cpu(), _cpu(process)
+    lo_before = _loopback_received()
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    finally:
+        seconds = time.perf_counter() - started
+        peak = sampler.finish()
+    lo_after = _loopback_received()
+    server_cpu = _cpu(process) - server_cpu_before
+    client_cpu = _children_cpu() - cpu_before
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"ingestd upload exited with {done.returncode}:\n{done.stderr[-2000:]}{done.stdout}"
+        )
+    asset = json.loads(done.stdout)
+    asset_id = str(asset["id"])
+    origins = block_bytes_by_origin(server.database, asset_id)
+    return UploadRun(
+        seconds=seconds,
+        client_cpu_s=client_cpu,
+        server_cpu_s=server_cpu,
+        server_peak_rss=peak,
+        loopback_bytes=lo_after - lo_before,
+        block_bytes_expected=expected_block_bytes,
+        block_bytes_received=None if origins is None else origins.get("upload", 0),
+        block_bytes_deduplicated=None if origins is None else origins.get("dedup", 0),
+        asset_id=asset_id,
+    )
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    disk_write_s: list[float]
+    first: list[UploadRun]
+    second: list[UploadRun]
+    server_idle_rss: int
+    load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def measure(args: argparse.Namespace, root: Path, ingestd: Path) -> Results:
+    size: int = args.size
+    server = Server(ingestd, root / "data", root / "server.log")
+    env = clean_env(INGESTD_CLIENT_STATE_DIR=str(root / "client-state"))
+    results = Results([], [], [], 0, load_before=os.getloadavg())
+    try:
+        server.start()
+        time.sleep(1.0)  # let start-up work (migrations, first scheduler tick) finish
+        results.server_idle_rss = server.process.memory_info().rss
+        print(f"server: {shlex.join(server.command)}  (INGESTD_QUEUES=bench-idle)")
+        kept = root / "file-0.bin"
+        for repeat in range(args.repeat):
+            path = root / f"file-{repeat}.bin"
+            write_random_file(path, size)
+            settle()
+            copy = root / "copy.bin"
+            results.disk_write_s.append(disk_write_seconds(path, copy))
+            copy.unlink()
+            settle()
+            run = run_upload(
+                ingestd,
+                path,
+                server,
+                parallel=args.parallel,
+                block_size=args.block_size,
+                expected_block_bytes=size,
+                env=env,
+            )
+            results.first.append(run)
+            settle()
+            print(
+                f"  repeat {repeat + 1}: disk write {size / MB / results.disk_write_s[-1]:.1f} "
+                f"MB/s, upload 1 {run.mb_s(size):.1f} MB/s",
+                flush=True,
+            )
+            if path != kept:
+                path.unlink()
+        for repeat in range(args.repeat):
+            run = run_upload(
+                ingestd,
+                kept,
+                server,
+                parallel=args.parallel,
+                block_size=args.block_size,
+                expected_block_bytes=0,
+                env=env,
+            )
+            results.second.append(run)
+            settle()
+            print(f"  repeat {repeat + 1}: upload 2 (same file) {run.seconds:.2f} s", flush=True)
+    except Exception:
+        tail = server.log_tail()
+        if tail:
+            print(f"--- server log tail ---\n{tail}\n---", file=sys.stderr)
+        raise
+    finally:
+        server.stop()
+    results.load_after = os.getloadavg()
+    return results
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def _load(values: tuple[float, float, float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+def _optional(values: Sequence[int | None]) -> list[int] | None:
+    present = [v for v in values if v is not None]
+    return present if len(present) == len(values) else None
+
+
+def report(args: argparse.Namespace, root: Path, results: Results, command: str) -> None:
+    size: int = args.size
+    disk = [size / MB / s for s in results.disk_write_s]
+    up1 = [r.mb_s(size) for r in results.first]
+    ratios = [u / d for u, d in zip(up1, disk, strict=True)]
+    first, second = results.first, results.second
+    rows: list[tuple[str, str, Sequence[float], str]] = [
+        ("disk write (copy + fsync)", "MB/s", disk, ".1f"),
+        ("upload 1 (new blocks)", "MB/s", up1, ".1f"),
+        ("upload 1", "s", [r.seconds for r in first], ".2f"),
+        ("upload 1 ÷ disk write", "ratio", ratios, ".2f"),
+        ("upload 1 client CPU", "s", [r.client_cpu_s for r in first], ".2f"),
+        ("upload 1 server CPU", "s", [r.server_cpu_s for r in first], ".2f"),
+        ("upload 1 server peak RSS", "MiB", [r.server_peak_rss / MIB for r in first], ".1f"),
+        ("upload 1 loopback bytes", "MiB", [r.loopback_bytes / MIB for r in first], ".1f"),
+        ("upload 2 (same file)", "s", [r.seconds for r in second], ".2f"),
+        ("upload 2 client CPU", "s", [r.client_cpu_s for r in second], ".2f"),
+        ("upload 2 server CPU", "s", [r.server_cpu_s for r in second], ".2f"),
+        ("upload 2 server peak RSS", "MiB", [r.server_peak_rss / MIB for r in second], ".1f"),
+        ("upload 2 loopback bytes", "KiB", [r.loopback_bytes / 1024 for r in second], ".1f"),
+    ]
+    received1 = _optional([r.block_bytes_received for r in first])
+    received2 = _optional([r.block_bytes_received for r in second])
+    dedup2 = _optional([r.block_bytes_deduplicated for r in second])
+    if received1 is not None:
+        rows.append(("upload 1 block bytes received", "MiB", [b / MIB for b in received1], ".1f"))
+    if received2 is not None:
+        rows.append(("upload 2 block bytes received", "B", [float(b) for b in received2], ".0f"))
+    if dedup2 is not None:
+        rows.append(("upload 2 block bytes deduplicated", "MiB", [b / MIB for b in dedup2], ".1f"))
+
+    print()
+    print(
+        f"upload_blocks: {human_bytes(size)} file, --parallel {args.parallel}, "
+        f"block size {human_bytes(args.block_size or 8 * MIB)}, {args.repeat} repeat(s); "
+        f"{os.cpu_count()} CPUs; {filesystem_of(root)}"
+    )
+    print(f"server idle RSS before the uploads: {results.server_idle_rss / MIB:.1f} MiB")
+    # Other work on the machine competes for CPU and adds to the loopback counters.
+    print(f"load average before/after: {_load(results.load_before)} / {_load(results.load_after)}")
+    print(f"{'measure':<34} {'unit':>5} {'median':>10}  samples")
+    for label, unit, values, spec in rows:
+        samples = ", ".join(format(v, spec) for v in values)
+        print(f"{label:<34} {unit:>5} {format(_median(values), spec):>10}  [{samples}]")
+    print(f"expected block bytes: upload 1 {size} (all new), upload 2 0 (all deduplicated)")
+    if received2 is not None and any(received2):
+        print("WARNING: the server received block bytes on upload 2: dedup did not apply")
+    print(f"command: {command}")
+
+    figure: dict[str, Any] = {
+        "figure": "upload_blocks",
+        "size_bytes": size,
+        "block_size": args.block_size or 8 * MIB,
+        "parallel": args.parallel,
+        "repeat": args.repeat,
+        "cpus": os.cpu_count(),
+        "filesystem": filesystem_of(root),
+        "disk_write_mb_s": round(_median(disk), 1),
+        "upload1_mb_s": round(_median(up1), 1),
+        "upload1_s": round(_median([r.seconds for r in first]), 3),
+        "upload1_to_disk_ratio": round(_median(ratios), 3),
+        "upload1_client_cpu_s": round(_median([r.client_cpu_s for r in first]), 2),
+        "upload1_server_cpu_s": round(_median([r.server_cpu_s for r in first]), 2),
+        "upload1_server_peak_rss_mib": round(_median([r.server_peak_rss / MIB for r in first]), 1),
+        "server_idle_rss_mib": round(results.server_idle_rss / MIB, 1),
+        "upload1_loopback_bytes": int(_median([r.loopback_bytes for r in first])),
+        "upload1_block_bytes_expected": size,
+        "upload1_block_bytes_received": None if received1 is None else int(_median(received1)),
+        "upload2_s": round(_median([r.seconds for r in second]), 3),
+        "upload2_client_cpu_s": round(_median([r.client_cpu_s for r in second]), 2),
+        "upload2_server_cpu_s": round(_median([r.server_cpu_s for r in second]), 2),
+        "upload2_loopback_bytes": int(_median([r.loopback_bytes for r in second])),
+        "upload2_block_bytes_expected": 0,
+        "upload2_block_bytes_received": None if received2 is None else int(_median(received2)),
+        "samples": {
+            "disk_write_mb_s": [round(v, 1) for v in disk],
+            "upload1_mb_s": [round(v, 1) for v in up1],
+            "upload1_s": [round(r.seconds, 3) for r in first],
+            "upload1_server_peak_rss_mib": [round(r.server_peak_rss / MIB, 1) for r in first],
+            "upload1_loopback_bytes": [r.loopback_bytes for r in first],
+            "upload2_s": [round(r.seconds, 3) for r in second],
+            "upload2_loopback_bytes": [r.loopback_bytes for r in second],
+            "upload2_block_bytes_received": received2,
+        },
+        "load_average_before": [round(v, 2) for v in results.load_before],
+        "load_average_after": [round(v, 2) for v in results.load_after],
+        "python": platform.python_version(),
+        "command": command,
+    }
+    print(json.dumps(figure))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--size", type=parse_size, default=parse_size("1G"), help="e.g. 64M, 1G")
+    parser.add_argument("--parallel", type=int, default=4, help="ingestd upload --parallel")
+    parser.add_argument("--block-size", type=parse_size, default=None, help="default: 8M")
+    parser.add_argument("--repeat", type=int, default=3, help="samples per measurement")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where the temporary directory goes (file, copy and server data share it)",
+    )
+    parser.add_argument(
+        "--ingestd",
+        type=Path,
+        default=None,
+        help="the ingestd executable (default: next to this Python, else on PATH)",
+    )
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.parallel < 1:
+        parser.error("--repeat and --parallel must be at least 1")
+    return args
+
+
+def find_ingestd(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    beside = Path(sys.executable).with_name("ingestd")
+    if beside.exists():
+        return beside
+    found = shutil.which("ingestd")
+    if found is None:
+        raise SystemExit("cannot find the ingestd executable; pass --ingestd")
+    return Path(found)
+
+
+@contextlib.contextmanager
+def temporary_root(parent: Path | None) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="ingestd-bench-", dir=parent))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # so the finally blocks stop the server and clean up
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    command = shlex.join([sys.executable, *sys.argv])
+    ingestd = find_ingestd(args.ingestd)
+    with temporary_root(args.work_dir) as root:
+        print(f"command: {command}")
+        print(f"work dir: {root} ({filesystem_of(root)})")
+        shown = client_command(
+            ingestd,
+            root / "file-N.bin",
+            "http://127.0.0.1:PORT",
+            "KEY",
+            args.parallel,
+            args.block_size,
+        )
+        print(f"client: {shlex.join(shown)}  (KEY from <data-dir>/local-key)")
+        results = measure(args, root, ingestd)
+        report(args, root, results, command)
+
+
+if __name__ == "__main__":
+    main()
