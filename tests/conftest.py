@@ -41,23 +41,27 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test gets an empty, migrated database: a new SQLite file, or the session's
+    PostgreSQL database truncated afterwards."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'ingestd.db'}"
         upgrade(url)
-        return url
-    url: str = request.getfixturevalue("pg_url")
-    return url
+        yield url
+        return
+    url = request.getfixturevalue("pg_url")
+    yield url
+    db = Database.from_url(url)
+    names = ", ".join(f'"{t.name}"' for t in reversed(Base.metadata.sorted_tables))
+    with db.engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} CASCADE"))
+    db.dispose()
 
 
 @pytest.fixture
 def database(db_url: str) -> Iterator[Database]:
     db = Database.from_url(db_url)
     yield db
-    if db.dialect == "postgresql":
-        names = ", ".join(f'"{t.name}"' for t in reversed(Base.metadata.sorted_tables))
-        with db.engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {names} CASCADE"))
     db.dispose()
 
 

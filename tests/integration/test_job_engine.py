@@ -18,12 +18,14 @@ from ingestd.errors import LeaseLost
 from ingestd.jobs.engine import Backoff, JobEngine
 from ingestd.jobs.graph import Graph, StepSpec
 
-GRAPH = Graph((
-    StepSpec("probe"),
-    StepSpec("encode", ("probe",), queue="encode"),
-    StepSpec("thumbs", ("probe",)),
-    StepSpec("package", ("encode", "thumbs")),
-))
+GRAPH = Graph(
+    (
+        StepSpec("probe"),
+        StepSpec("encode", ("probe",), queue="encode"),
+        StepSpec("thumbs", ("probe",)),
+        StepSpec("package", ("encode", "thumbs")),
+    )
+)
 
 
 class Clock:
@@ -49,8 +51,10 @@ def make_asset(db: Database, status: AssetStatus = AssetStatus.PROCESSING) -> st
 
 def states(db: Database, asset_id: str) -> dict[str, str]:
     with db.transaction() as s:
-        return {o.step: o.state for o in s.scalars(
-            select(WorkOrder).where(WorkOrder.asset_id == asset_id))}
+        return {
+            o.step: o.state
+            for o in s.scalars(select(WorkOrder).where(WorkOrder.asset_id == asset_id))
+        }
 
 
 def asset_status(db: Database, asset_id: str) -> str:
@@ -68,7 +72,11 @@ def test_dag_runs_in_dependency_order_and_settles_the_asset(database: Database) 
     asset = make_asset(database)
     enqueue(engine, asset)
     assert states(database, asset) == {
-        "probe": "ready", "encode": "blocked", "thumbs": "blocked", "package": "blocked"}
+        "probe": "ready",
+        "encode": "blocked",
+        "thumbs": "blocked",
+        "package": "blocked",
+    }
     assert engine.claim("w", ["encode"]) is None  # encode is not ready yet
 
     probe = engine.claim("w", ["default", "encode"])
@@ -89,8 +97,10 @@ def test_dag_runs_in_dependency_order_and_settles_the_asset(database: Database) 
     engine.complete(package, {})
     assert asset_status(database, asset) == "ready"
     with database.transaction() as s:
-        types = [e.type for e in s.scalars(
-            select(Event).where(Event.asset_id == asset).order_by(Event.id))]
+        types = [
+            e.type
+            for e in s.scalars(select(Event).where(Event.asset_id == asset).order_by(Event.id))
+        ]
     assert types[-1] == "asset.ready" and types.count("step.succeeded") == 4
 
 
@@ -125,8 +135,9 @@ def test_only_the_lease_holder_writes(database: Database) -> None:
 
 def test_retries_back_off_then_fail_the_asset(database: Database) -> None:
     clock = Clock()
-    engine = JobEngine(database, clock=clock, backoff=Backoff(base_s=10, cap_s=100),
-                       rng=random.Random(1))
+    engine = JobEngine(
+        database, clock=clock, backoff=Backoff(base_s=10, cap_s=100), rng=random.Random(1)
+    )
     asset = make_asset(database)
     enqueue(engine, asset, Graph((StepSpec("a", max_attempts=2), StepSpec("b", ("a",)))))
     claim = engine.claim("w", ["default"])
@@ -204,8 +215,15 @@ def test_hook_runs_in_the_completion_transaction(database: Database) -> None:
     assert claim is not None
 
     def broken(session: object) -> None:
-        session.add(Rendition(id="r1", asset_id=asset, name="x", kind="k",  # type: ignore[attr-defined]
-                              storage_key="k"))
+        session.add(
+            Rendition(
+                id="r1",
+                asset_id=asset,
+                name="x",
+                kind="k",  # type: ignore[attr-defined]
+                storage_key="k",
+            )
+        )
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):

@@ -51,9 +51,7 @@ def test_content_digest_roundtrip() -> None:
     assert parse_content_digest("md5=:AAAA:, " + header) == digest
 
 
-@pytest.mark.parametrize(
-    "header", ["sha-256=abc", "sha-256=:!!!:", "sha-256=:AAAA:", "md5=:AAAA:"]
-)
+@pytest.mark.parametrize("header", ["sha-256=abc", "sha-256=:!!!:", "sha-256=:AAAA:", "md5=:AAAA:"])
 def test_bad_content_digest(header: str) -> None:
     with pytest.raises(InvalidRequest):
         parse_content_digest(header)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from ingestd.domain.states import (
@@ -13,9 +15,13 @@ from ingestd.errors import InvalidState
 
 
 def test_source_follows_the_documented_path() -> None:
-    path = [SourceStatus.UPLOADING, SourceStatus.UPLOADED, SourceStatus.VALIDATING,
-            SourceStatus.INGESTED]
-    for current, new in zip(path, path[1:], strict=False):
+    path = [
+        SourceStatus.UPLOADING,
+        SourceStatus.UPLOADED,
+        SourceStatus.VALIDATING,
+        SourceStatus.INGESTED,
+    ]
+    for current, new in itertools.pairwise(path):
         assert check_transition(current, new) == new
     assert can_transition(SourceStatus.VALIDATING, SourceStatus.REJECTED)
 
@@ -35,7 +41,11 @@ def test_illegal_transition_names_both_states() -> None:
 
 
 def test_finished_orders_are_final() -> None:
-    for final in (OrderState.SUCCEEDED, OrderState.FAILED, OrderState.CANCELLED,
-                  OrderState.SKIPPED):
+    for final in (
+        OrderState.SUCCEEDED,
+        OrderState.FAILED,
+        OrderState.CANCELLED,
+        OrderState.SKIPPED,
+    ):
         assert not any(can_transition(final, other) for other in OrderState)
     assert can_transition(OrderState.RUNNING, OrderState.READY)  # retry

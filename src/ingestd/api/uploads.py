@@ -35,8 +35,9 @@ def upload_json(info: UploadInfo) -> dict[str, Any]:
     return {
         "upload_id": info.upload_id,
         "asset_id": info.asset_id,
-        "status": info.status,
-        "source_status": info.source_status,
+        # one status for clients: the source's, or the session's when it ended unfinished
+        "status": info.status if info.status in ("expired", "cancelled") else info.source_status,
+        "session_status": info.status,
         "size": info.size,
         "bytes_received": info.bytes_received,
         "block_size": info.block_size,

@@ -45,7 +45,7 @@ def _hash(key: str) -> str:
 
 
 def _split(key: str) -> str | None:
-    parts = key.split("_")
+    parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX or len(parts[1]) != 12:
         return None
     return parts[1]
@@ -95,7 +95,7 @@ class KeyService:
         with self.db.transaction() as session:
             rows = session.execute(
                 select(ApiKey, Owner.name).join(Owner).order_by(ApiKey.created_at)
-            ).tuples()
+            )
             return [
                 KeyInfo(k.prefix, name, k.label, k.created_at, k.revoked_at) for k, name in rows
             ]

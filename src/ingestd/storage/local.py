@@ -176,11 +176,13 @@ class LocalStore:
 
         def flush() -> None:
             nonlocal written
-            view = memoryview(buf)
-            while view:
-                n = os.pwrite(fd, view, offset + written)
-                written += n
-                view = view[n:]
+            with memoryview(buf) as whole:
+                view = whole
+                while view:
+                    n = os.pwrite(fd, view, offset + written)
+                    written += n
+                    view = view[n:]
+                del view
             buf.clear()
 
         try:

@@ -218,9 +218,7 @@ class UploadService:
                 select(Block.sha256, Block.size).where(
                     Block.owner_id == owner_id, Block.sha256.in_(set(hashes))
                 )
-            )
-            .tuples()
-            .all()
+            ).all()
         )
         for index, digest in enumerate(hashes):
             _, length = block_span(index, size, block_size)

@@ -1,0 +1,1 @@
+"""Test support shipped with the package: in-process servers, fakes and media generators."""
