@@ -21,8 +21,11 @@ from ingestd.db.migrate import upgrade
 from ingestd.errors import IngestdError
 from ingestd.settings import Settings
 
-app = typer.Typer(help="ingestd: resumable ingestion and processing of media masters.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="ingestd: resumable ingestion and processing of media masters.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 client_commands.register(app)
@@ -31,8 +34,11 @@ console = Console(stderr=True)
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Where the database and stores live [env: INGESTD_DATA_DIR]",
-                 show_default=False),
+    typer.Option(
+        "--data-dir",
+        help="Where the database and stores live [env: INGESTD_DATA_DIR]",
+        show_default=False,
+    ),
 ]
 
 
@@ -44,8 +50,9 @@ def settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command()
@@ -59,8 +66,9 @@ def serve(
     data_dir: DataDir = None,
     host: Annotated[str | None, typer.Option(help="[env: INGESTD_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="[env: INGESTD_PORT]")] = None,
-    concurrency: Annotated[int | None, typer.Option(
-        help="Steps run at once [env: INGESTD_WORKER_CONCURRENCY]")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Steps run at once [env: INGESTD_WORKER_CONCURRENCY]")
+    ] = None,
 ) -> None:
     """Run everything in one process: API, worker and scheduler (SQLite + local disk)."""
     s = settings(data_dir, host=host, port=port, worker_concurrency=concurrency)
@@ -84,9 +92,14 @@ async def _serve(services: Services) -> None:
     from ingestd.api.app import create_app
 
     s = services.settings
-    config = uvicorn.Config(create_app(services), host=s.host, port=s.port,
-                            log_level=s.log_level.lower(), access_log=False,
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        create_app(services),
+        host=s.host,
+        port=s.port,
+        log_level=s.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
     stop = asyncio.Event()
     worker = asyncio.create_task(services.worker().run(stop))
@@ -112,8 +125,12 @@ def ingest(
     data_dir: DataDir = None,
     owner: Annotated[str, typer.Option(help="Owner of the new assets")] = LOCAL_OWNER,
     title: Annotated[str | None, typer.Option()] = None,
-    no_wait: Annotated[bool, typer.Option("--no-wait",
-        help="Only enqueue; a running 'ingestd serve' on the same data dir processes them")
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="Only enqueue; a running 'ingestd serve' on the same data dir processes them",
+        ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -139,21 +156,20 @@ def ingest(
         raise typer.Exit(1)
 
 
-async def _ingest(services: Services, owner_name: str, paths: list[Path], title: str | None,
-                  *, wait: bool) -> list[dict[str, Any]]:
+async def _ingest(
+    services: Services, owner_name: str, paths: list[Path], title: str | None, *, wait: bool
+) -> list[dict[str, Any]]:
     from ingestd.queries import AssetQueries
 
     owner_id = await asyncio.to_thread(_owner_id, services, owner_name)
-    infos = [await services.uploads.ingest_file(owner_id, p.resolve(), title=title)
-             for p in paths]
+    infos = [await services.uploads.ingest_file(owner_id, p.resolve(), title=title) for p in paths]
     queries = AssetQueries(services.db)
     if wait:
         stop = asyncio.Event()
         worker = asyncio.create_task(services.worker().run(stop))
         try:
             while True:
-                views = [await asyncio.to_thread(queries.get, owner_id, i.asset_id)
-                         for i in infos]
+                views = [await asyncio.to_thread(queries.get, owner_id, i.asset_id) for i in infos]
                 if all(v.asset.status in ("ready", "failed") for v in views):
                     break
                 await asyncio.sleep(0.5)
@@ -162,8 +178,14 @@ async def _ingest(services: Services, owner_name: str, paths: list[Path], title:
             await worker
     views = [await asyncio.to_thread(queries.get, owner_id, i.asset_id) for i in infos]
     return [
-        {"id": v.asset.id, "file": str(p), "status": v.asset.status, "error": v.asset.error,
-         "sha256": v.asset.sha256, "metadata": v.asset.meta}
+        {
+            "id": v.asset.id,
+            "file": str(p),
+            "status": v.asset.status,
+            "error": v.asset.error,
+            "sha256": v.asset.sha256,
+            "metadata": v.asset.meta,
+        }
         for p, v in zip(paths, views, strict=True)
     ]
 
@@ -207,8 +229,13 @@ def keys_list(data_dir: DataDir = None) -> None:
         services.close()
     table = Table("prefix", "owner", "label", "created", "revoked")
     for k in rows:
-        table.add_row(k.prefix, k.owner_name, k.label or "", k.created_at.isoformat(),
-                      k.revoked_at.isoformat() if k.revoked_at else "")
+        table.add_row(
+            k.prefix,
+            k.owner_name,
+            k.label or "",
+            k.created_at.isoformat(),
+            k.revoked_at.isoformat() if k.revoked_at else "",
+        )
     Console().print(table)
 
 
