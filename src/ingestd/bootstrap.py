@@ -16,6 +16,7 @@ from ingestd.auth.keys import IssuedKey, KeyService
 from ingestd.auth.signing import UrlSigner
 from ingestd.db.engine import Database
 from ingestd.db.migrate import upgrade
+from ingestd.errors import IngestdError
 from ingestd.jobs.dispatch import Dispatcher, InProcessDispatcher
 from ingestd.jobs.engine import Backoff, JobEngine
 from ingestd.jobs.worker import Step, Worker
@@ -61,11 +62,15 @@ class Services:
         )
 
     async def run_scheduler(self, stop: asyncio.Event, interval_s: float = 5.0) -> None:
-        """Rescue expired leases (the rest of the scheduler arrives with distributed mode)."""
+        """Rescue expired leases and expire abandoned uploads (their staged data goes)."""
         while not stop.is_set():
-            ready = await asyncio.to_thread(self.engine.rescue_expired)
-            if ready:
-                await self.dispatcher.announce(ready)
+            try:
+                ready = await asyncio.to_thread(self.engine.rescue_expired)
+                if ready:
+                    await self.dispatcher.announce(ready)
+                await self.uploads.expire_sessions()
+            except IngestdError as exc:  # a failed round must not stop the loop
+                self.log.warning("scheduler round failed: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval_s)
 

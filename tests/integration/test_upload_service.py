@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from ingestd.db.engine import Database
-from ingestd.db.models import Asset, Owner, Source, WorkOrder
-from ingestd.db.types import new_id
+from ingestd.db.models import Asset, Owner, Source, UploadSession, WorkOrder
+from ingestd.db.types import new_id, utcnow
 from ingestd.errors import (
     ChecksumMismatch,
     Gone,
@@ -237,3 +237,34 @@ async def test_expired_upload_answers_gone(database: Database, store: LocalStore
     assert info.status == "expired"
     with pytest.raises(Gone):
         await service.put_block(who, info.upload_id, 0, stream(b"0" * 10), sha256=sha(b"0" * 10))
+
+
+async def test_scheduler_expires_abandoned_uploads(database: Database, store: LocalStore) -> None:
+    clock_now = [utcnow()]
+    service = UploadService(
+        database,
+        store,
+        store,
+        JobEngine(database),
+        InProcessDispatcher(),
+        lambda: Graph((StepSpec("validate"),)),
+        limits=UploadLimits(ttl=timedelta(hours=1), default_block_size=BS),
+        clock=lambda: clock_now[0],
+    )
+    who = owner(database)
+    data = os.urandom(BS)
+    stale = await upload_all(service, who, data)
+    fresh = await service.create(who, NewUpload(filename="y", size=10))
+    assert await service.expire_sessions() == 0
+    clock_now[0] += timedelta(minutes=61)
+    fresh_at = clock_now[0] - timedelta(minutes=1)
+    with database.transaction() as s:  # the second upload was touched later
+        s.get_one(UploadSession, fresh.upload_id).expires_at = fresh_at + timedelta(hours=1)
+    assert await service.expire_sessions() == 1
+    assert await service.expire_sessions() == 0  # idempotent
+    assert not (store.staging / f"{stale}.part").exists()
+    assert (store.staging / f"{fresh.upload_id}.part").exists()
+    status = await service.status(who, stale)
+    assert (status.status, status.source_status, status.present) == ("expired", "expired", [])
+    with database.transaction() as s:
+        assert s.get_one(Asset, status.asset_id).status == "abandoned"

@@ -42,12 +42,7 @@ class ValidateStep:
         try:
             async with self.deps.store.local_path(ref.master_key) as path:
                 sniffed = sniff(path)
-                if sniffed.kind != "audio":
-                    what = "a " + sniffed.kind if sniffed.kind != "unknown" else "not a known"
-                    raise SourceRejected(
-                        f"unsupported file: the bytes are {what} format "
-                        f"({sniffed.container}); this service accepts audio masters"
-                    )
+                # validate_audio refuses anything that is not audio, saying what it looks like
                 probe = await validate_audio(
                     self.deps.toolchain,
                     path,

@@ -333,6 +333,51 @@ class UploadService:
         await self._tx(write)
         await self.staging.discard(upload_id)
 
+    async def expire_sessions(self, limit: int = 100) -> int:
+        """Expire open sessions past their expiry: staged data removed, asset abandoned.
+
+        Safe to run from several schedulers at once: each session is re-checked inside
+        the transaction that expires it.
+        """
+        now = self.clock()
+        ids = await self._read(
+            lambda s: list(
+                s.scalars(
+                    select(UploadSession.id)
+                    .where(
+                        UploadSession.status == UploadStatus.OPEN.value,
+                        UploadSession.expires_at <= now,
+                    )
+                    .limit(limit)
+                )
+            )
+        )
+        expired = 0
+        for upload_id in ids:
+            if await self._tx(self._expire_one(upload_id, now)):
+                await self.staging.discard(upload_id)
+                expired += 1
+        return expired
+
+    @staticmethod
+    def _expire_one(upload_id: str, now: datetime) -> Callable[[Session], bool]:
+        def expire(session: Session) -> bool:
+            row = session.get(UploadSession, upload_id, with_for_update=True)
+            if row is None or row.status != UploadStatus.OPEN.value or row.expires_at > now:
+                return False
+            row.status = check_transition(UploadStatus.OPEN, UploadStatus.EXPIRED).value
+            source = session.get_one(Source, row.source_id)
+            source.status = check_transition(
+                SourceStatus(source.status), SourceStatus.EXPIRED
+            ).value
+            asset = session.get_one(Asset, source.asset_id)
+            asset.status = check_transition(AssetStatus(asset.status), AssetStatus.ABANDONED).value
+            session.execute(delete(UploadPart).where(UploadPart.session_id == row.id))
+            emit(session, row.owner_id, asset.id, "upload.expired", upload_id=upload_id)
+            return True
+
+        return expire
+
     # -- complete ---------------------------------------------------------------------
 
     async def complete(self, owner_id: str, upload_id: str) -> UploadInfo:
