@@ -20,6 +20,7 @@ from ingestd.cli import client_commands
 from ingestd.db.migrate import upgrade
 from ingestd.errors import IngestdError
 from ingestd.settings import Settings
+from ingestd.uploads.local import ingest_file
 
 app = typer.Typer(
     help="ingestd: resumable ingestion and processing of media masters.",
@@ -162,7 +163,7 @@ async def _ingest(
     from ingestd.queries import AssetQueries
 
     owner_id = await asyncio.to_thread(_owner_id, services, owner_name)
-    infos = [await services.uploads.ingest_file(owner_id, p.resolve(), title=title) for p in paths]
+    infos = [await ingest_file(services.uploads, owner_id, p.resolve(), title=title) for p in paths]
     queries = AssetQueries(services.db)
     if wait:
         stop = asyncio.Event()

@@ -230,7 +230,17 @@ async def stream_ffmpeg(
     Memory stays bounded by the chunk size whatever the length of the input.
     """
     argv = [tc.ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-y", *args]
+    await _stream("ffmpeg", argv, on_chunk, timeout_s=timeout_s, logger=logger)
 
+
+async def _stream(
+    tool: str,
+    argv: list[str],
+    on_chunk: Callable[[bytes], None],
+    *,
+    timeout_s: float | None,
+    logger: logging.Logger | None,
+) -> None:
     async def reader(stream: asyncio.StreamReader) -> None:
         while chunk := await stream.read(_READ_CHUNK):
             on_chunk(chunk)
@@ -243,7 +253,7 @@ async def stream_ffmpeg(
         logger=logger or _log,
     )
     if returncode != 0:
-        raise _failure("ffmpeg", returncode, tail)
+        raise _failure(tool, returncode, tail)
 
 
 async def run_ffprobe_json(
@@ -256,20 +266,7 @@ async def run_ffprobe_json(
     """Runs ``ffprobe -v error -of json ARGS`` and returns the parsed JSON."""
     argv = [tc.ffprobe, "-hide_banner", "-v", "error", "-of", "json", *args]
     chunks: list[bytes] = []
-
-    async def reader(stream: asyncio.StreamReader) -> None:
-        while chunk := await stream.read(_READ_CHUNK):
-            chunks.append(chunk)
-
-    returncode, tail = await _execute(
-        argv,
-        stdout_reader=reader,
-        timeout_s=timeout_s,
-        tail_lines=STDERR_TAIL_LINES,
-        logger=logger or _log,
-    )
-    if returncode != 0:
-        raise _failure("ffprobe", returncode, tail)
+    await _stream("ffprobe", argv, chunks.append, timeout_s=timeout_s, logger=logger)
     try:
         parsed = json.loads(b"".join(chunks) or b"{}")
     except ValueError as exc:

@@ -12,7 +12,6 @@ import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -46,6 +45,7 @@ from ingestd.uploads.blocks import (
     missing_blocks,
     normalise_sha256,
 )
+from ingestd.uploads.verify import hash_blocks
 
 T = TypeVar("T")
 
@@ -405,8 +405,10 @@ class UploadService:
         await self._copy_dedup_blocks(
             owner_id, upload_id, [p for p in parts if p.origin == "dedup"]
         )
-        whole, bad = await self._hash_staged(
-            upload_id, row.block_size, {p.index: p.sha256 for p in parts}
+        whole, bad = await hash_blocks(
+            self.staging.read_staged(upload_id),
+            row.block_size,
+            {p.index: p.sha256 for p in parts},
         )
         if bad:
             await self._tx(lambda s: self._drop_parts(s, upload_id, bad))
@@ -499,60 +501,6 @@ class UploadService:
             return None if row is None else (row[0], row[1])
 
         return find
-
-    async def _hash_staged(
-        self, upload_id: str, block_size: int, expected: dict[int, str]
-    ) -> tuple[str, list[int]]:
-        """One sequential read: the file's SHA-256 and any block whose bytes changed."""
-        whole = hashlib.sha256()
-        block = hashlib.sha256()
-        bad: list[int] = []
-        index = filled = 0
-        async for chunk in self.staging.read_staged(upload_id):
-            view = memoryview(chunk)
-            while view:
-                take = view[: block_size - filled]
-                whole.update(take)
-                block.update(take)
-                filled += len(take)
-                view = view[len(take) :]
-                if filled == block_size:
-                    if expected.get(index) != block.hexdigest():
-                        bad.append(index)
-                    index, filled, block = index + 1, 0, hashlib.sha256()
-        if filled and expected.get(index) != block.hexdigest():
-            bad.append(index)
-        return whole.hexdigest(), bad
-
-    # -- local files ------------------------------------------------------------------
-
-    async def ingest_file(
-        self, owner_id: str, path: Path, *, title: str | None = None, description: str | None = None
-    ) -> UploadInfo:
-        """Ingest a local file through the same path as an upload (the script entry)."""
-        size = (await anyio.Path(path).stat()).st_size
-        info = await self.create(
-            owner_id,
-            NewUpload(
-                filename=path.name,
-                size=size,
-                title=title,
-                description=description,
-                protocol="local",
-                block_size=self.limits.default_block_size,
-            ),
-        )
-        async with await anyio.open_file(path, "rb") as f:
-            for index in range(info.block_count):
-                _, length = block_span(index, size, info.block_size)
-                data = await f.read(length)
-                digest = hashlib.sha256(data).hexdigest()
-
-                async def one(d: bytes = data) -> AsyncIterator[bytes]:
-                    yield d
-
-                await self.put_block(owner_id, info.upload_id, index, one(), sha256=digest)
-        return await self.complete(owner_id, info.upload_id)
 
     # -- helpers ----------------------------------------------------------------------
 
