@@ -13,8 +13,9 @@ from tests.e2e.conftest import BIN
 
 def run(*args: str, data: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "INGESTD_DATA_DIR": str(data), "NO_COLOR": "1"}
-    return subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [str(BIN), *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_keys_lifecycle(tmp_path: Path) -> None:
