@@ -193,3 +193,24 @@ async def test_unknown_step_fails_cleanly(database: Database, tmp_path: Path) ->
     _, worker, asset, _ = setup(database, tmp_path, {}, Graph((StepSpec("mystery"),)))
     await run_until(worker, lambda: settled(database, asset))
     assert asset_status(database, asset) == "failed"
+
+
+async def test_stopping_the_worker_hands_running_orders_back(
+    database: Database, tmp_path: Path
+) -> None:
+    started = asyncio.Event()
+
+    async def long(ctx: StepContext) -> Outcome:
+        started.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    engine, worker, asset, _ = setup(database, tmp_path, {"a": Step(long)}, Graph((StepSpec("a"),)))
+    await run_until(worker, lambda: _is_set(started))
+    assert states(database, asset) == {"a": "ready"}  # not stuck until the lease expires
+    claim = engine.claim("w2", ["default"])
+    assert claim is not None and claim.attempt == 1  # the interrupted run did not count
+
+
+async def _is_set(event: asyncio.Event) -> bool:
+    return event.is_set()

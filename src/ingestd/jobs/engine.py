@@ -302,6 +302,19 @@ class JobEngine:
             self._fail_asset(session, asset, f"{claim.step}: {error}")
             return False
 
+    def release(self, claim: Claim) -> Ready:
+        """Give a claimed order back untried (the worker is stopping; not the step's fault)."""
+        with self.db.transaction() as session:
+            order = self._held(session, claim)
+            order.state = check_transition(OrderState.RUNNING, OrderState.READY).value
+            order.attempts = max(0, order.attempts - 1)
+            order.lease_token = None
+            order.lease_expires_at = None
+            order.run_after = self.clock()
+            asset = session.get_one(Asset, claim.asset_id)
+            emit(session, asset.owner_id, asset.id, "step.released", step=claim.step)
+            return Ready(order.id, order.queue)
+
     def rescue_expired(self) -> list[Ready]:
         """Put orders whose lease expired back in line (or fail them when out of attempts)."""
         now = self.clock()

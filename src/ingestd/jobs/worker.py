@@ -154,9 +154,12 @@ class Worker:
             self.log.warning("lost the lease on %s/%s; stopped", claim.asset_id, claim.step)
             return
         except asyncio.CancelledError:
-            if not beat.done() or beat.exception() is None:
-                raise
-            return
+            if beat.done() and not beat.cancelled() and beat.exception() is not None:
+                return  # the lease was lost: another worker owns the order now
+            # shutting down: hand the order back at once instead of waiting out the lease
+            with contextlib.suppress(LeaseLost):
+                await asyncio.shield(anyio.to_thread.run_sync(self.engine.release, claim))
+            raise
         except SourceRejected as exc:
             await self._fail(step, claim, exc.message, retryable=False)
         except IngestdError as exc:
