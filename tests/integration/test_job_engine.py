@@ -255,3 +255,14 @@ def test_concurrent_claims_never_hand_out_one_order_twice(database: Database) ->
     for t in threads:
         t.join()
     assert len(claimed) == 6 and len(set(claimed)) == 6
+
+
+def test_heavier_ready_steps_are_claimed_first(database: Database) -> None:
+    engine = JobEngine(database)
+    asset = make_asset(database)
+    graph = Graph((StepSpec("light"), StepSpec("heavy", weight=4.0), StepSpec("mid", weight=2.0)))
+    enqueue(engine, asset, graph)
+    order = []
+    while (claim := engine.claim("w", ["default"])) is not None:
+        order.append(claim.step)
+    assert order == ["heavy", "mid", "light"]

@@ -139,6 +139,7 @@ class JobEngine:
                 queue=spec.queue,
                 depends_on=list(spec.depends_on),
                 state=state.value,
+                priority=round(spec.weight * 10),
                 max_attempts=spec.max_attempts,
                 content_key=spec.content_key,
                 params={**spec.params, "weight": spec.weight},

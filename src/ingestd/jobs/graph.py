@@ -14,7 +14,8 @@ class StepSpec:
     depends_on: tuple[str, ...] = ()
     queue: str = "default"
     max_attempts: int = 3
-    # share of the asset's progress bar this step stands for
+    # share of the asset's progress bar this step stands for; heavier steps are also
+    # claimed first among ready ones, so the longest step starts as early as it can
     weight: float = 1.0
     content_key: str | None = None
     params: Mapping[str, object] = field(default_factory=dict)
