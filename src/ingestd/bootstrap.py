@@ -16,6 +16,7 @@ from ingestd.auth.keys import IssuedKey, KeyService
 from ingestd.auth.signing import UrlSigner
 from ingestd.db.engine import Database
 from ingestd.db.migrate import upgrade
+from ingestd.defaults import LOCAL_KEY_FILE, LOCAL_OWNER
 from ingestd.errors import IngestdError
 from ingestd.jobs.dispatch import Dispatcher, InProcessDispatcher
 from ingestd.jobs.engine import Backoff, JobEngine
@@ -27,9 +28,6 @@ from ingestd.pipeline.music import MusicSteps
 from ingestd.settings import Settings
 from ingestd.storage.local import LocalStore
 from ingestd.uploads.service import UploadLimits, UploadService
-
-LOCAL_OWNER = "local"
-LOCAL_KEY_FILE = "local-key"
 
 
 @dataclass

@@ -7,11 +7,13 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ingestd.defaults import DATA_DIR
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INGESTD_", extra="ignore")
 
-    data_dir: Path = Path(".ingestd")
+    data_dir: Path = Path(DATA_DIR)
     database_url: str | None = None  # default: sqlite in data_dir
     storage_url: str | None = None  # default: file:// in data_dir
     host: str = "127.0.0.1"

@@ -44,9 +44,9 @@ from ingestd.client import (
     is_terminal,
     wait_for_assets,
 )
+from ingestd.defaults import DATA_DIR, LOCAL_KEY_FILE, SERVER_URL
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"
-LOCAL_KEY_FILE = "local-key"
+DEFAULT_SERVER = SERVER_URL
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
@@ -237,7 +237,7 @@ class _ClientCommands:
     def _api_key(self, key: str | None) -> str:
         if key:
             return key
-        key_file = Path(os.environ.get("INGESTD_DATA_DIR") or ".ingestd") / LOCAL_KEY_FILE
+        key_file = Path(os.environ.get("INGESTD_DATA_DIR") or DATA_DIR) / LOCAL_KEY_FILE
         try:
             text = key_file.read_text(encoding="utf-8").strip()
         except FileNotFoundError:

@@ -8,19 +8,20 @@ import json
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ingestd import __version__
-from ingestd.bootstrap import LOCAL_OWNER, Services, build, ensure_local_key
 from ingestd.cli import client_commands
-from ingestd.db.migrate import upgrade
+from ingestd.defaults import LOCAL_OWNER
 from ingestd.errors import IngestdError
-from ingestd.settings import Settings
-from ingestd.uploads.local import ingest_file
+
+if TYPE_CHECKING:  # the server side is imported lazily: client commands start fast
+    from ingestd.bootstrap import Services
+    from ingestd.settings import Settings
 
 app = typer.Typer(
     help="ingestd: resumable ingestion and processing of media masters.",
@@ -44,10 +45,18 @@ DataDir = Annotated[
 
 
 def settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
+    from ingestd.settings import Settings
+
     values = {k: v for k, v in overrides.items() if v is not None}
     if data_dir is not None:
         values["data_dir"] = data_dir
     return Settings(**values)
+
+
+def _build(s: Settings) -> Services:
+    from ingestd.bootstrap import build
+
+    return build(s)
 
 
 def _logging(level: str) -> None:
@@ -74,7 +83,9 @@ def serve(
     """Run everything in one process: API, worker and scheduler (SQLite + local disk)."""
     s = settings(data_dir, host=host, port=port, worker_concurrency=concurrency)
     _logging(s.log_level)
-    services = build(s)
+    from ingestd.bootstrap import ensure_local_key
+
+    services = _build(s)
     path, issued = ensure_local_key(services)
     if issued is not None:
         console.print(f"[bold green]Created an API key for owner '{LOCAL_OWNER}'[/] in {path}")
@@ -116,6 +127,8 @@ async def _serve(services: Services) -> None:
 def migrate(data_dir: DataDir = None) -> None:
     """Bring the database schema up to date."""
     s = settings(data_dir)
+    from ingestd.db.migrate import upgrade
+
     upgrade(s.resolved_database_url)
     console.print("database is up to date")
 
@@ -138,7 +151,7 @@ def ingest(
     """Ingest local files through the same service layer as uploads, without HTTP."""
     s = settings(data_dir)
     _logging("WARNING")
-    services = build(s)
+    services = _build(s)
     try:
         results = asyncio.run(_ingest(services, owner, paths, title, wait=not no_wait))
     except IngestdError as exc:
@@ -163,6 +176,8 @@ async def _ingest(
     from ingestd.queries import AssetQueries
 
     owner_id = await asyncio.to_thread(_owner_id, services, owner_name)
+    from ingestd.uploads.local import ingest_file
+
     infos = [await ingest_file(services.uploads, owner_id, p.resolve(), title=title) for p in paths]
     queries = AssetQueries(services.db)
     if wait:
@@ -211,7 +226,7 @@ def keys_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create an API key and print it (it is shown only this once)."""
-    services = build(settings(data_dir))
+    services = _build(settings(data_dir))
     try:
         issued = services.keys.create(owner, label)
     finally:
@@ -223,7 +238,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None) -> None:
     """List API keys (prefixes only)."""
-    services = build(settings(data_dir))
+    services = _build(settings(data_dir))
     try:
         rows = services.keys.list()
     finally:
@@ -243,7 +258,7 @@ def keys_list(data_dir: DataDir = None) -> None:
 @keys_app.command("revoke")
 def keys_revoke(prefix: str, data_dir: DataDir = None) -> None:
     """Revoke an API key by its prefix."""
-    services = build(settings(data_dir))
+    services = _build(settings(data_dir))
     try:
         services.keys.revoke(prefix)
     except IngestdError as exc:
