@@ -117,6 +117,18 @@ def test_masters_become_ready(name: str, api: httpx.Client, ffmpeg: str, tmp_pat
     assert hashlib.sha256(master_copy.content).hexdigest() == asset["sha256"]
 
 
+def test_a_silent_master_is_processed(
+    api: httpx.Client, ffmpeg: str, tmp_path: Path
+) -> None:
+    silent = make_tone(ffmpeg, tmp_path / "silence.wav", seconds=3, amplitude=0.0)
+    asset = upload(api, silent)
+    assert asset["status"] == "ready", asset["error"]
+    loudness = asset["loudness"]
+    assert loudness["integrated_lufs"] <= -70  # ebur128's absolute gate
+    assert loudness["true_peak_dbtp"] is None  # -inf dBTP, stored as null
+    assert asset["lossless_archive"]["lossless"] is True
+
+
 def _text(path: Path, ffmpeg: str) -> Path:
     return make_text_file(path)
 

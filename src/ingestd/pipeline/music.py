@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Any
 
@@ -67,7 +66,7 @@ class MusicSteps:
             result = await measure_loudness(
                 self.deps.toolchain, path, duration_s=ref.duration_s, on_progress=progress_to(ctx)
             )
-        figures = asdict(result)
+        figures = result.to_dict()  # silence measures -inf, which JSON cannot hold
 
         def save(session: Session) -> None:
             merge_meta(session, ref.asset_id, loudness=figures)
@@ -201,4 +200,4 @@ class MusicSteps:
             replace_renditions(session, ref.asset_id, ctx.claim.order_id, rows)
             merge_meta(session, ref.asset_id, lossless_archive=figures)
 
-        return Outcome(json.loads(json.dumps(figures)), save)
+        return Outcome(figures, save)
