@@ -117,9 +117,7 @@ def test_masters_become_ready(name: str, api: httpx.Client, ffmpeg: str, tmp_pat
     assert hashlib.sha256(master_copy.content).hexdigest() == asset["sha256"]
 
 
-def test_a_silent_master_is_processed(
-    api: httpx.Client, ffmpeg: str, tmp_path: Path
-) -> None:
+def test_a_silent_master_is_processed(api: httpx.Client, ffmpeg: str, tmp_path: Path) -> None:
     silent = make_tone(ffmpeg, tmp_path / "silence.wav", seconds=3, amplitude=0.0)
     asset = upload(api, silent)
     assert asset["status"] == "ready", asset["error"]

@@ -268,3 +268,16 @@ async def test_scheduler_expires_abandoned_uploads(database: Database, store: Lo
     assert (status.status, status.source_status, status.present) == ("expired", "expired", [])
     with database.transaction() as s:
         assert s.get_one(Asset, status.asset_id).status == "abandoned"
+
+
+async def test_concurrent_completes_agree(service: UploadService, database: Database) -> None:
+    import asyncio
+
+    who = owner(database)
+    data = os.urandom(2 * BS)
+    upload_id = await upload_all(service, who, data)
+    results = await asyncio.gather(*(service.complete(who, upload_id) for _ in range(3)))
+    assert {r.status for r in results} == {"completed"}
+    with database.transaction() as s:
+        orders = list(s.scalars(select(WorkOrder)))
+    assert len(orders) == 1  # validation enqueued once

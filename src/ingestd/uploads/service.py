@@ -120,6 +120,7 @@ class UploadService:
         self.limits = limits or UploadLimits()
         self.clock = clock
         self._block_locks: dict[tuple[str, int], asyncio.Lock] = {}
+        self._complete_locks: dict[str, asyncio.Lock] = {}
 
     # -- create -----------------------------------------------------------------------
 
@@ -381,6 +382,16 @@ class UploadService:
     # -- complete ---------------------------------------------------------------------
 
     async def complete(self, owner_id: str, upload_id: str) -> UploadInfo:
+        # a client that retries complete while the first call still runs waits for it
+        lock = self._complete_locks.setdefault(upload_id, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._complete(owner_id, upload_id)
+        finally:
+            if not lock.locked():
+                self._complete_locks.pop(upload_id, None)
+
+    async def _complete(self, owner_id: str, upload_id: str) -> UploadInfo:
         row = await self._read(lambda s: self._session(s, owner_id, upload_id))
         if row.status == UploadStatus.COMPLETED.value:
             return await self.status(owner_id, upload_id)  # idempotent
