@@ -42,6 +42,7 @@ class Services:
     signer: UrlSigner
     toolchain: Toolchain
     steps: dict[str, Step]
+    public_url: str | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("ingestd"))
 
     def worker(self, *, worker_id: str | None = None) -> Worker:
@@ -135,6 +136,7 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
         signer=UrlSigner(load_secret(settings), ttl_s=settings.url_ttl_s),
         toolchain=toolchain,
         steps=steps,
+        public_url=settings.public_url,
     )
 
 

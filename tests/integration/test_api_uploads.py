@@ -182,3 +182,12 @@ def test_assets_listing_pages(api: httpx.Client) -> None:
 @pytest.mark.parametrize("path", ["/v1/nothing", "/o/1/x/renditions/a/b"])
 def test_unknown_routes_answer_json(api: httpx.Client, path: str) -> None:
     error(api.get(path), 404, "not_found")
+
+
+def test_urls_use_the_public_url_behind_a_proxy(api: httpx.Client, services: Services) -> None:
+    services.public_url = "https://media.example.org/"
+    up = api.post("/v1/uploads", json={"filename": "x", "size": 10}).json()
+    put(api, up["upload_id"], 0, b"0123456789").raise_for_status()
+    api.post(f"/v1/uploads/{up['upload_id']}/complete").raise_for_status()
+    asset = api.get(f"/v1/assets/{up['asset_id']}").json()
+    assert asset["master_url"] == f"https://media.example.org/v1/assets/{up['asset_id']}/master"

@@ -43,7 +43,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def base_url(request: Request, svc: Services) -> str:
-    return (svc.settings.public_url or str(request.base_url)).rstrip("/")
+    return (svc.public_url or str(request.base_url)).rstrip("/")
 
 
 def asset_json(view: AssetView, signer: UrlSigner, base: str) -> dict[str, Any]:
