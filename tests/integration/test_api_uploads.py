@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import httpx
 import pytest
 
 from ingestd.bootstrap import Services
+from ingestd.testing.media import make_tone
 from ingestd.uploads.blocks import MIN_BLOCK_SIZE, content_digest
+
+from .test_music_pipeline import upload_and_wait
 
 BS = MIN_BLOCK_SIZE
 
@@ -184,10 +188,12 @@ def test_unknown_routes_answer_json(api: httpx.Client, path: str) -> None:
     error(api.get(path), 404, "not_found")
 
 
-def test_urls_use_the_public_url_behind_a_proxy(api: httpx.Client, services: Services) -> None:
+def test_urls_use_the_public_url_behind_a_proxy(
+    api: httpx.Client, services: Services, ffmpeg: str, tmp_path: Path
+) -> None:
     services.public_url = "https://media.example.org/"
-    up = api.post("/v1/uploads", json={"filename": "x", "size": 10}).json()
-    put(api, up["upload_id"], 0, b"0123456789").raise_for_status()
-    api.post(f"/v1/uploads/{up['upload_id']}/complete").raise_for_status()
-    asset = api.get(f"/v1/assets/{up['asset_id']}").json()
-    assert asset["master_url"] == f"https://media.example.org/v1/assets/{up['asset_id']}/master"
+    asset = upload_and_wait(api, make_tone(ffmpeg, tmp_path / "a.wav", seconds=1))
+    assert asset["status"] == "ready"
+    base = "https://media.example.org/"
+    assert asset["master_url"] == f"{base}v1/assets/{asset['id']}/master"
+    assert all(r["url"].startswith(f"{base}o/") for r in asset["renditions"])

@@ -23,7 +23,7 @@ from ingestd.uploads.blocks import MIN_BLOCK_SIZE, content_digest
 BS = MIN_BLOCK_SIZE
 
 
-def upload(api: httpx.Client, path: Path, filename: str | None = None) -> dict[str, Any]:
+def upload_and_wait(api: httpx.Client, path: Path, filename: str | None = None) -> dict[str, Any]:
     data = path.read_bytes()
     blocks = [data[i : i + BS] for i in range(0, len(data), BS)]
     created = api.post(
@@ -82,7 +82,7 @@ def matrix(names: list[str], on_postgres: str) -> pytest.MarkDecorator:
 @matrix(sorted(MASTERS), on_postgres="24bit-96k.wav")
 def test_masters_become_ready(name: str, api: httpx.Client, ffmpeg: str, tmp_path: Path) -> None:
     master = make_tone(ffmpeg, tmp_path / name, seconds=4, **MASTERS[name])  # type: ignore[arg-type]
-    asset = upload(api, master)
+    asset = upload_and_wait(api, master)
     assert asset["status"] == "ready", asset["error"]
     assert asset["kind"] == "audio" and asset["progress"]["percent"] == 100
     assert {s["state"] for s in asset["progress"]["steps"]} == {"succeeded"}
@@ -119,7 +119,7 @@ def test_masters_become_ready(name: str, api: httpx.Client, ffmpeg: str, tmp_pat
 
 def test_a_silent_master_is_processed(api: httpx.Client, ffmpeg: str, tmp_path: Path) -> None:
     silent = make_tone(ffmpeg, tmp_path / "silence.wav", seconds=3, amplitude=0.0)
-    asset = upload(api, silent)
+    asset = upload_and_wait(api, silent)
     assert asset["status"] == "ready", asset["error"]
     loudness = asset["loudness"]
     assert loudness["integrated_lufs"] <= -70  # ebur128's absolute gate
@@ -156,7 +156,7 @@ def test_bad_masters_are_rejected_and_not_kept(
     name: str, api: httpx.Client, ffmpeg: str, tmp_path: Path, services: Services
 ) -> None:
     make, phrase = BAD[name]
-    asset = upload(api, make(tmp_path / name, ffmpeg))
+    asset = upload_and_wait(api, make(tmp_path / name, ffmpeg))
     assert asset["status"] == "failed"
     source = asset["sources"][0]
     assert source["status"] == "rejected"

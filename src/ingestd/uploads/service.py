@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
@@ -34,7 +34,7 @@ from ingestd.errors import (
     UploadIncomplete,
 )
 from ingestd.jobs.dispatch import Dispatcher
-from ingestd.jobs.engine import JobEngine, emit
+from ingestd.jobs.engine import JobEngine, Ready, emit
 from ingestd.jobs.graph import Graph
 from ingestd.storage.base import ObjectStore, StagingStore
 from ingestd.uploads.blocks import (
@@ -436,7 +436,7 @@ class UploadService:
         key = master_key(source.asset_id, source.id)
         await self.staging.finalize(upload_id, key)  # a rename where the store allows
 
-        def commit(session: Session) -> list[Any]:
+        def commit(session: Session) -> tuple[UploadInfo, list[Ready]]:
             live = self._open_session(session, owner_id, upload_id)
             live.status = check_transition(UploadStatus.OPEN, UploadStatus.COMPLETED).value
             live.completed_at = self.clock()
@@ -470,11 +470,14 @@ class UploadService:
                 sha256=whole,
                 size=live.size,
             )
-            return list(self.engine.enqueue_graph(session, asset.id, self.ingest_graph()))
+            ready = self.engine.enqueue_graph(session, asset.id, self.ingest_graph())
+            session.flush()
+            # the state as of completion: validation may finish before the caller reads it
+            return self._info(session, live), ready
 
-        ready = await self._tx(commit)
+        info, ready = await self._tx(commit)
         await self.dispatcher.announce(ready)
-        return await self.status(owner_id, upload_id)
+        return info
 
     async def _copy_dedup_blocks(
         self, owner_id: str, upload_id: str, parts: list[UploadPart]
