@@ -228,7 +228,6 @@ class LocalStore:
                     remaining -= n
                     s_off += n
                     d_off += n
-                os.fsync(w.fileno())
         except FileNotFoundError as exc:
             raise NotFound("a deduplicated block's object is gone") from exc
         except OSError as exc:
