@@ -7,7 +7,7 @@ through signed URLs). Uploads in progress live in the staging area, addressed by
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol
@@ -71,10 +71,17 @@ class StagingStore(Protocol):
         ...
 
     async def write_at(
-        self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], limit: int
+        self,
+        upload_id: str,
+        offset: int,
+        chunks: AsyncIterator[bytes],
+        limit: int,
+        observe: Callable[[memoryview], object] | None = None,
     ) -> int:
         """Write the stream at ``offset``, durable (fsynced) before returning the count.
 
+        ``observe`` sees every byte written, in order, before it is written (for hashing);
+        it may run in a worker thread, off the event loop.
         Raises :class:`ingestd.errors.TooLarge` past ``limit`` bytes, and
         :class:`IncompleteWrite` (with the count made durable) if the stream breaks.
         Callers serialise writes to overlapping ranges; disjoint ranges may run at once.

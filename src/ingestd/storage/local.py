@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -164,7 +164,12 @@ class LocalStore:
                 f.truncate(size)  # sparse: no space used until blocks arrive
 
     async def write_at(
-        self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], limit: int
+        self,
+        upload_id: str,
+        offset: int,
+        chunks: AsyncIterator[bytes],
+        limit: int,
+        observe: Callable[[memoryview], object] | None = None,
     ) -> int:
         path = self._staged(upload_id)
         try:
@@ -177,6 +182,8 @@ class LocalStore:
         def flush() -> None:
             nonlocal written
             with memoryview(buf) as whole:
+                if observe is not None:
+                    observe(whole)  # in this thread: hashing stays off the event loop
                 view = whole
                 while view:
                     n = os.pwrite(fd, view, offset + written)

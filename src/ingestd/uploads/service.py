@@ -268,15 +268,12 @@ class UploadService:
 
         hasher = hashlib.sha256()
 
-        async def hashed() -> AsyncIterator[bytes]:
-            async for chunk in chunks:
-                hasher.update(chunk)
-                yield chunk
-
         lock = self._block_locks.setdefault((upload_id, index), asyncio.Lock())
         async with lock:
             try:
-                written = await self.staging.write_at(upload_id, offset, hashed(), limit=length)
+                written = await self.staging.write_at(
+                    upload_id, offset, chunks, limit=length, observe=hasher.update
+                )
             except TooLarge as exc:
                 raise TooLarge(
                     f"block {index} is larger than its {length} bytes", index=index, expected=length
