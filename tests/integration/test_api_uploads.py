@@ -197,3 +197,11 @@ def test_urls_use_the_public_url_behind_a_proxy(
     base = "https://media.example.org/"
     assert asset["master_url"] == f"{base}v1/assets/{asset['id']}/master"
     assert all(r["url"].startswith(f"{base}o/") for r in asset["renditions"])
+
+
+def test_openapi_documents_the_api(server: str) -> None:
+    spec = httpx.get(f"{server}/openapi.json").json()
+    put_block = spec["paths"]["/v1/uploads/{upload_id}/blocks/{index}"]["put"]
+    assert {"200", "400", "404", "409", "413", "422"} <= set(put_block["responses"])
+    asset = spec["components"]["schemas"]["AssetOut"]["properties"]
+    assert {"progress", "renditions", "loudness", "master_url"} <= set(asset)

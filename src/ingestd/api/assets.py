@@ -11,12 +11,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from ingestd.api.deps import OwnerId, Svc
+from ingestd.api.schemas import ERRORS, AssetOut, AssetPage, EventPage
 from ingestd.auth.signing import UrlSigner
 from ingestd.bootstrap import Services
 from ingestd.errors import NotFound
 from ingestd.queries import AssetQueries, AssetView
 
-router = APIRouter(tags=["assets"])
+router = APIRouter(tags=["assets"], responses=ERRORS)
 
 CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
@@ -113,7 +114,7 @@ def _queries(svc: Services) -> AssetQueries:
     return AssetQueries(svc.db)
 
 
-@router.get("/v1/assets")
+@router.get("/v1/assets", response_model=AssetPage)
 async def list_assets(
     request: Request,
     owner: OwnerId,
@@ -129,13 +130,13 @@ async def list_assets(
     return {"items": [asset_json(v, svc.signer, base) for v in views], "next_cursor": next_cursor}
 
 
-@router.get("/v1/assets/{asset_id}")
+@router.get("/v1/assets/{asset_id}", response_model=AssetOut)
 async def get_asset(asset_id: str, request: Request, owner: OwnerId, svc: Svc) -> dict[str, Any]:
     view = await anyio.to_thread.run_sync(_queries(svc).get, owner, asset_id)
     return asset_json(view, svc.signer, base_url(request, svc))
 
 
-@router.get("/v1/assets/{asset_id}/events")
+@router.get("/v1/assets/{asset_id}/events", response_model=EventPage)
 async def list_events(
     asset_id: str, owner: OwnerId, svc: Svc, after: int = Query(0, ge=0)
 ) -> dict[str, Any]:

@@ -9,11 +9,12 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from ingestd.api.deps import OwnerId, Svc
+from ingestd.api.schemas import ERRORS, BlockOut, UploadOut
 from ingestd.errors import InvalidRequest
 from ingestd.uploads.blocks import parse_content_digest
 from ingestd.uploads.service import NewUpload, UploadInfo
 
-router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=ERRORS)
 
 
 class AssetFields(BaseModel):
@@ -53,7 +54,7 @@ def _iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-@router.post("", status_code=201)
+@router.post("", status_code=201, response_model=UploadOut)
 async def create_upload(body: CreateUpload, owner: OwnerId, svc: Svc) -> dict[str, Any]:
     info = await svc.uploads.create(
         owner,
@@ -71,12 +72,12 @@ async def create_upload(body: CreateUpload, owner: OwnerId, svc: Svc) -> dict[st
     return upload_json(info)
 
 
-@router.get("/{upload_id}")
+@router.get("/{upload_id}", response_model=UploadOut)
 async def get_upload(upload_id: str, owner: OwnerId, svc: Svc) -> dict[str, Any]:
     return upload_json(await svc.uploads.status(owner, upload_id))
 
 
-@router.put("/{upload_id}/blocks/{index}")
+@router.put("/{upload_id}/blocks/{index}", response_model=BlockOut)
 async def put_block(
     upload_id: str, index: int, request: Request, owner: OwnerId, svc: Svc
 ) -> dict[str, Any]:
@@ -97,7 +98,7 @@ async def put_block(
     return {"index": part.index, "size": part.size, "sha256": part.sha256}
 
 
-@router.post("/{upload_id}/complete", status_code=202)
+@router.post("/{upload_id}/complete", status_code=202, response_model=UploadOut)
 async def complete_upload(upload_id: str, owner: OwnerId, svc: Svc) -> dict[str, Any]:
     return upload_json(await svc.uploads.complete(owner, upload_id))
 
