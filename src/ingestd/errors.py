@@ -4,6 +4,7 @@ Domain errors carry a machine-readable ``code`` and no HTTP status; ``api/`` map
 The docstring of each class is its default message.
 
     IngestdError
+    ├── ConfigError
     ├── NotFound
     ├── Unauthorized
     ├── InvalidRequest
@@ -38,6 +39,12 @@ class IngestdError(Exception):
         self.message = message or (self.__doc__ or self.code).strip()
         self.details = details
         super().__init__(self.message)
+
+
+class ConfigError(IngestdError):
+    """The configuration is not valid."""
+
+    code = "config_error"
 
 
 class NotFound(IngestdError):

@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ingestd.defaults import DATA_DIR
+from ingestd.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -53,7 +54,7 @@ class Settings(BaseSettings):
             return (self.data_dir / "store").resolve()
         if url.startswith("file://"):
             return Path(url.removeprefix("file://")).resolve()
-        raise ValueError(f"unsupported INGESTD_STORAGE_URL {url!r} (file:// only so far)")
+        raise ConfigError(f"unsupported INGESTD_STORAGE_URL {url!r} (file:// only so far)")
 
     @property
     def queue_list(self) -> list[str]:

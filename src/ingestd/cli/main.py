@@ -56,7 +56,11 @@ def settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
 def _build(s: Settings) -> Services:
     from ingestd.bootstrap import build
 
-    return build(s)
+    try:
+        return build(s)
+    except IngestdError as exc:  # e.g. ffmpeg not found, or a bad storage URL
+        console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(2) from exc
 
 
 def _logging(level: str) -> None:
