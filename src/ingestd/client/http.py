@@ -19,6 +19,8 @@ from ingestd.client.errors import BAD_RESPONSE, NETWORK_ERROR, ClientError
 JSONObject = dict[str, Any]
 
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+# complete re-reads the whole assembled file on the server: minutes for very large files
+COMPLETE_TIMEOUT = httpx.Timeout(3600.0, connect=10.0)
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,9 @@ class IngestdClient:
         return UploadStatus.from_json(await self._json("GET", f"/v1/uploads/{upload_id}"))
 
     async def complete_upload(self, upload_id: str) -> JSONObject:
-        return await self._json("POST", f"/v1/uploads/{upload_id}/complete")
+        return await self._json(
+            "POST", f"/v1/uploads/{upload_id}/complete", timeout=COMPLETE_TIMEOUT
+        )
 
     async def cancel_upload(self, upload_id: str) -> None:
         await self._request("DELETE", f"/v1/uploads/{upload_id}")
