@@ -28,7 +28,7 @@ from ingestd.jobs.engine import JobEngine
 from ingestd.jobs.graph import Graph, StepSpec
 from ingestd.storage.local import LocalStore
 from ingestd.uploads.blocks import MIN_BLOCK_SIZE
-from ingestd.uploads.service import NewUpload, UploadLimits, UploadService
+from ingestd.uploads.service import NewUpload, UploadLimits, UploadService, master_key
 
 pytestmark = pytest.mark.anyio
 BS = MIN_BLOCK_SIZE
@@ -281,3 +281,18 @@ async def test_concurrent_completes_agree(service: UploadService, database: Data
     with database.transaction() as s:
         orders = list(s.scalars(select(WorkOrder)))
     assert len(orders) == 1  # validation enqueued once
+
+
+async def test_complete_recovers_from_a_crash_after_the_rename(
+    service: UploadService, database: Database, store: LocalStore
+) -> None:
+    who = owner(database)
+    data = os.urandom(2 * BS + 3)
+    upload_id = await upload_all(service, who, data)
+    info = await service.status(who, upload_id)
+    # the process died after moving the master into place but before committing
+    await store.finalize(upload_id, master_key(info.asset_id, info.source_id))
+    done = await service.complete(who, upload_id)
+    assert done.status == "completed"
+    with database.transaction() as s:
+        assert s.get_one(Source, info.source_id).sha256 == sha(data)

@@ -30,6 +30,7 @@ from ingestd.errors import (
     InvalidState,
     NotFound,
     SizeMismatch,
+    StorageError,
     TooLarge,
     UploadIncomplete,
 )
@@ -410,14 +411,21 @@ class UploadService:
                 size=row.size,
             )
 
-        await self._copy_dedup_blocks(
-            owner_id, upload_id, [p for p in parts if p.origin == "dedup"]
-        )
+        source = await self._read(lambda s: s.get_one(Source, row.source_id))
+        key = master_key(source.asset_id, source.id)
+        # a crash between the rename below and the commit leaves the master in place
+        finalized = await self._exists(key)
+        if not finalized:
+            await self._copy_dedup_blocks(
+                owner_id, upload_id, [p for p in parts if p.origin == "dedup"]
+            )
         whole, bad = await hash_blocks(
-            self.staging.read_staged(upload_id),
+            self.store.read(key) if finalized else self.staging.read_staged(upload_id),
             row.block_size,
             {p.index: p.sha256 for p in parts},
         )
+        if bad and finalized:
+            raise StorageError(f"the assembled master of upload {upload_id} is damaged")
         if bad:
             await self._tx(lambda s: self._drop_parts(s, upload_id, bad))
             raise UploadIncomplete(
@@ -429,9 +437,8 @@ class UploadService:
                 f"SHA-256 of the assembled file is {whole}, expected {row.expected_sha256}",
                 sha256=whole,
             )
-        source = await self._read(lambda s: s.get_one(Source, row.source_id))
-        key = master_key(source.asset_id, source.id)
-        await self.staging.finalize(upload_id, key)  # a rename where the store allows
+        if not finalized:
+            await self.staging.finalize(upload_id, key)  # a rename where the store allows
 
         def commit(session: Session) -> tuple[UploadInfo, list[Ready]]:
             live = self._open_session(session, owner_id, upload_id)
@@ -475,6 +482,13 @@ class UploadService:
         info, ready = await self._tx(commit)
         await self.dispatcher.announce(ready)
         return info
+
+    async def _exists(self, key: str) -> bool:
+        try:
+            await self.store.size(key)
+        except NotFound:
+            return False
+        return True
 
     async def _copy_dedup_blocks(
         self, owner_id: str, upload_id: str, parts: list[UploadPart]
