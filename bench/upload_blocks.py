@@ -39,25 +39,28 @@ import os
 import platform
 import resource
 import shlex
-import shutil
 import signal
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psutil
+from _common import (
+    exit_cleanly_on_sigterm,
+    find_ingestd,
+    load_text,
+    median,
+    temporary_root,
+)
 
 MB = 1_000_000
 MIB = 1 << 20
@@ -432,14 +435,6 @@ def measure(args: argparse.Namespace, root: Path, ingestd: Path) -> Results:
     return results
 
 
-def _median(values: Sequence[float]) -> float:
-    return float(statistics.median(values))
-
-
-def _load(values: tuple[float, float, float]) -> str:
-    return " ".join(f"{v:.2f}" for v in values)
-
-
 def _optional(values: Sequence[int | None]) -> list[int] | None:
     present = [v for v in values if v is not None]
     return present if len(present) == len(values) else None
@@ -484,11 +479,16 @@ def report(args: argparse.Namespace, root: Path, results: Results, command: str)
     )
     print(f"server idle RSS before the uploads: {results.server_idle_rss / MIB:.1f} MiB")
     # Other work on the machine competes for CPU and adds to the loopback counters.
-    print(f"load average before/after: {_load(results.load_before)} / {_load(results.load_after)}")
+    print(
+        "load average before/after:",
+        load_text(results.load_before),
+        "/",
+        load_text(results.load_after),
+    )
     print(f"{'measure':<34} {'unit':>5} {'median':>10}  samples")
     for label, unit, values, spec in rows:
         samples = ", ".join(format(v, spec) for v in values)
-        print(f"{label:<34} {unit:>5} {format(_median(values), spec):>10}  [{samples}]")
+        print(f"{label:<34} {unit:>5} {format(median(values), spec):>10}  [{samples}]")
     print(f"expected block bytes: upload 1 {size} (all new), upload 2 0 (all deduplicated)")
     if received2 is not None and any(received2):
         print("WARNING: the server received block bytes on upload 2: dedup did not apply")
@@ -502,23 +502,23 @@ def report(args: argparse.Namespace, root: Path, results: Results, command: str)
         "repeat": args.repeat,
         "cpus": os.cpu_count(),
         "filesystem": filesystem_of(root),
-        "disk_write_mb_s": round(_median(disk), 1),
-        "upload1_mb_s": round(_median(up1), 1),
-        "upload1_s": round(_median([r.seconds for r in first]), 3),
-        "upload1_to_disk_ratio": round(_median(ratios), 3),
-        "upload1_client_cpu_s": round(_median([r.client_cpu_s for r in first]), 2),
-        "upload1_server_cpu_s": round(_median([r.server_cpu_s for r in first]), 2),
-        "upload1_server_peak_rss_mib": round(_median([r.server_peak_rss / MIB for r in first]), 1),
+        "disk_write_mb_s": round(median(disk), 1),
+        "upload1_mb_s": round(median(up1), 1),
+        "upload1_s": round(median([r.seconds for r in first]), 3),
+        "upload1_to_disk_ratio": round(median(ratios), 3),
+        "upload1_client_cpu_s": round(median([r.client_cpu_s for r in first]), 2),
+        "upload1_server_cpu_s": round(median([r.server_cpu_s for r in first]), 2),
+        "upload1_server_peak_rss_mib": round(median([r.server_peak_rss / MIB for r in first]), 1),
         "server_idle_rss_mib": round(results.server_idle_rss / MIB, 1),
-        "upload1_loopback_bytes": int(_median([r.loopback_bytes for r in first])),
+        "upload1_loopback_bytes": int(median([r.loopback_bytes for r in first])),
         "upload1_block_bytes_expected": size,
-        "upload1_block_bytes_received": None if received1 is None else int(_median(received1)),
-        "upload2_s": round(_median([r.seconds for r in second]), 3),
-        "upload2_client_cpu_s": round(_median([r.client_cpu_s for r in second]), 2),
-        "upload2_server_cpu_s": round(_median([r.server_cpu_s for r in second]), 2),
-        "upload2_loopback_bytes": int(_median([r.loopback_bytes for r in second])),
+        "upload1_block_bytes_received": None if received1 is None else int(median(received1)),
+        "upload2_s": round(median([r.seconds for r in second]), 3),
+        "upload2_client_cpu_s": round(median([r.client_cpu_s for r in second]), 2),
+        "upload2_server_cpu_s": round(median([r.server_cpu_s for r in second]), 2),
+        "upload2_loopback_bytes": int(median([r.loopback_bytes for r in second])),
         "upload2_block_bytes_expected": 0,
-        "upload2_block_bytes_received": None if received2 is None else int(_median(received2)),
+        "upload2_block_bytes_received": None if received2 is None else int(median(received2)),
         "samples": {
             "disk_write_mb_s": [round(v, 1) for v in disk],
             "upload1_mb_s": [round(v, 1) for v in up1],
@@ -561,37 +561,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def find_ingestd(explicit: Path | None) -> Path:
-    if explicit is not None:
-        return explicit
-    beside = Path(sys.executable).with_name("ingestd")
-    if beside.exists():
-        return beside
-    found = shutil.which("ingestd")
-    if found is None:
-        raise SystemExit("cannot find the ingestd executable; pass --ingestd")
-    return Path(found)
-
-
-@contextlib.contextmanager
-def temporary_root(parent: Path | None) -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="ingestd-bench-", dir=parent))
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # so the finally blocks stop the server and clean up
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_cleanly_on_sigterm()
     command = shlex.join([sys.executable, *sys.argv])
     ingestd = find_ingestd(args.ingestd)
-    with temporary_root(args.work_dir) as root:
+    with temporary_root("ingestd-bench-", args.work_dir) as root:
         print(f"command: {command}")
         print(f"work dir: {root} ({filesystem_of(root)})")
         shown = client_command(

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
 
 from ingestd.db.engine import Database
 from ingestd.db.models import Asset, Event, Rendition, Source, WorkOrder
@@ -62,6 +63,16 @@ def _progress(asset: Asset, orders: list[WorkOrder]) -> tuple[float, float | Non
     fraction = _VALIDATE_SHARE * head + (1 - _VALIDATE_SHARE) * tail
     etas = [o.eta_s for o in orders if o.state == OrderState.RUNNING.value and o.eta_s]
     return round(100 * fraction, 1), (max(etas) if etas else None)
+
+
+def latest_master(session: Session, asset_id: str) -> Source | None:
+    """The newest source of an asset whose master is stored (a rejected one has none)."""
+    return session.scalars(
+        select(Source)
+        .where(Source.asset_id == asset_id, Source.master_key.is_not(None))
+        .order_by(Source.created_at.desc())
+        .limit(1)
+    ).first()
 
 
 def encode_cursor(created_at: datetime, asset_id: str) -> str:
@@ -174,12 +185,7 @@ class AssetQueries:
             asset = session.get(Asset, asset_id)
             if asset is None or asset.owner_id != owner_id:
                 raise NotFound(f"asset {asset_id} not found")
-            source = session.scalars(
-                select(Source)
-                .where(Source.asset_id == asset_id, Source.master_key.is_not(None))
-                .order_by(Source.created_at.desc())
-                .limit(1)
-            ).first()
+            source = latest_master(session, asset_id)
             if source is None:
                 raise NotFound(f"asset {asset_id} has no stored master")
             return source

@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from ingestd.db.models import Asset, Rendition, Source
+from ingestd.db.models import Asset, Rendition
 from ingestd.db.types import new_id
 from ingestd.errors import NotFound
 from ingestd.jobs.worker import StepContext
 from ingestd.media import Progress, Toolchain
+from ingestd.queries import latest_master
 from ingestd.storage.base import ObjectStore
 
 
@@ -46,12 +47,7 @@ class SourceRef:
 
 def current_source(asset_id: str) -> Callable[[Session], SourceRef]:
     def find(session: Session) -> SourceRef:
-        source = session.scalars(
-            select(Source)
-            .where(Source.asset_id == asset_id, Source.master_key.is_not(None))
-            .order_by(Source.created_at.desc())
-            .limit(1)
-        ).first()
+        source = latest_master(session, asset_id)
         if source is None or source.master_key is None or source.sha256 is None:
             raise NotFound(f"asset {asset_id} has no stored master")
         asset = session.get_one(Asset, asset_id)
