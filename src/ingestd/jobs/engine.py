@@ -269,9 +269,7 @@ class JobEngine:
             self._settle_asset(session, asset)
             return ready
 
-    def fail(
-        self, claim: Claim, error: str, *, retryable: bool = True, hook: Hook | None = None
-    ) -> bool:
+    def fail(self, claim: Claim, error: str, *, retryable: bool = True) -> bool:
         """Record a failed attempt. Returns True if the step will be retried."""
         now = self.clock()
         with self.db.transaction() as session:
@@ -298,8 +296,6 @@ class JobEngine:
             order.state = OrderState.FAILED.value
             order.finished_at = now
             emit(session, asset.owner_id, asset.id, "step.failed", step=claim.step, error=error)
-            if hook is not None:
-                hook(session)
             self._fail_asset(session, asset, f"{claim.step}: {error}")
             return False
 

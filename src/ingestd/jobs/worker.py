@@ -68,8 +68,6 @@ StepFn = Callable[[StepContext], Awaitable[Outcome]]
 class Step:
     run: StepFn
     timeout_s: float | None = None
-    # rows to write when the step fails for good (e.g. mark a source rejected)
-    on_failure: Callable[[Claim, str], Hook] | None = None
 
 
 class Worker:
@@ -161,12 +159,12 @@ class Worker:
                 await asyncio.shield(anyio.to_thread.run_sync(self.engine.release, claim))
             raise
         except SourceRejected as exc:
-            await self._fail(step, claim, exc.message, retryable=False)
+            await self._fail(claim, exc.message, retryable=False)
         except IngestdError as exc:
-            await self._fail(step, claim, exc.message, retryable=True)
+            await self._fail(claim, exc.message, retryable=True)
         except Exception as exc:  # a bug in a step must not kill the worker
             self.log.exception("step %s crashed", claim.step)
-            await self._fail(step, claim, f"{type(exc).__name__}: {exc}", retryable=True)
+            await self._fail(claim, f"{type(exc).__name__}: {exc}", retryable=True)
         else:
             try:
                 ready = await anyio.to_thread.run_sync(
@@ -188,11 +186,10 @@ class Worker:
         except TimeoutError as exc:
             raise StepTimeout(f"step {ctx.claim.step} ran over {step.timeout_s} s") from exc
 
-    async def _fail(self, step: Step, claim: Claim, error: str, *, retryable: bool) -> None:
-        hook = step.on_failure(claim, error) if step.on_failure else None
+    async def _fail(self, claim: Claim, error: str, *, retryable: bool) -> None:
         try:
             retried = await anyio.to_thread.run_sync(
-                lambda: self.engine.fail(claim, error, retryable=retryable, hook=hook)
+                lambda: self.engine.fail(claim, error, retryable=retryable)
             )
         except LeaseLost:
             return
