@@ -46,6 +46,7 @@ from ingestd.uploads.blocks import (
     missing_blocks,
     normalise_sha256,
 )
+from ingestd.uploads.dedup import locate_block, plan_dedup
 from ingestd.uploads.verify import hash_blocks
 
 T = TypeVar("T")
@@ -190,7 +191,7 @@ class UploadService:
             )
             session.flush()
             if hashes:
-                self._plan_dedup(session, owner_id, upload_id, hashes, req.size, block_size)
+                plan_dedup(session, owner_id, upload_id, hashes, req.size, block_size)
             emit(
                 session,
                 owner_id,
@@ -204,36 +205,6 @@ class UploadService:
         await self._tx(write)
         await self.staging.create(upload_id, req.size)
         return await self.status(owner_id, upload_id)
-
-    def _plan_dedup(
-        self,
-        session: Session,
-        owner_id: str,
-        upload_id: str,
-        hashes: list[str],
-        size: int,
-        block_size: int,
-    ) -> None:
-        """Blocks this owner already stores are not requested again (never across owners)."""
-        known = dict(
-            session.execute(
-                select(Block.sha256, Block.size).where(
-                    Block.owner_id == owner_id, Block.sha256.in_(set(hashes))
-                )
-            ).all()
-        )
-        for index, digest in enumerate(hashes):
-            _, length = block_span(index, size, block_size)
-            if known.get(digest) == length:
-                session.add(
-                    UploadPart(
-                        session_id=upload_id,
-                        index=index,
-                        size=length,
-                        sha256=digest,
-                        origin="dedup",
-                    )
-                )
 
     # -- blocks -----------------------------------------------------------------------
 
@@ -498,7 +469,7 @@ class UploadService:
         row = await self._read(lambda s: s.get_one(UploadSession, upload_id))
         gone: list[int] = []
         for part in parts:
-            location = await self._read(self._locate(owner_id, part.sha256, part.size))
+            location = await self._read(locate_block(owner_id, part.sha256, part.size))
             offset, _ = block_span(part.index, row.size, row.block_size)
             if location is None:
                 gone.append(part.index)
@@ -512,20 +483,6 @@ class UploadService:
             raise UploadIncomplete(
                 f"deduplicated blocks {gone} are no longer stored; send them", missing=gone
             )
-
-    @staticmethod
-    def _locate(
-        owner_id: str, sha256: str, size: int
-    ) -> Callable[[Session], tuple[str, int] | None]:
-        def find(session: Session) -> tuple[str, int] | None:
-            row = session.execute(
-                select(Block.object_key, Block.offset)
-                .where(Block.owner_id == owner_id, Block.sha256 == sha256, Block.size == size)
-                .limit(1)
-            ).first()
-            return None if row is None else (row[0], row[1])
-
-        return find
 
     # -- helpers ----------------------------------------------------------------------
 
