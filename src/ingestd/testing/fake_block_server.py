@@ -123,9 +123,6 @@ class FakeBlockServer:
         """A transport for sync or async clients; async handling sleeps ``latency_s``."""
         return httpx.MockTransport(self.handle_async)
 
-    def sync_transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
-
     # test controls
 
     def expire(self, upload_id: str) -> None:
