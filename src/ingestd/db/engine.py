@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio.to_thread
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
+
+T = TypeVar("T")
 
 
 def normalise_url(url: str) -> str:
@@ -78,6 +81,15 @@ class Database:
         """A session inside one transaction: commit on success, rollback on error."""
         with self.sessions() as session, session.begin():
             yield session
+
+    async def run(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in one transaction on a worker thread, off the event loop."""
+
+        def call() -> T:
+            with self.transaction() as session:
+                return fn(session)
+
+        return await anyio.to_thread.run_sync(call)
 
     def dispose(self) -> None:
         self.engine.dispose()

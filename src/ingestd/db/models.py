@@ -87,7 +87,7 @@ class Source(Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"), index=True)
     filename: Mapped[str | None] = mapped_column(String(1000))
     content_type: Mapped[str | None] = mapped_column(String(200))
-    size: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int | None] = mapped_column(BigInteger)  # null until a deferred length is known
     bytes_received: Mapped[int] = mapped_column(BigInteger, default=0)
     sha256: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(20))
@@ -102,13 +102,17 @@ class UploadSession(Base):
     __tablename__ = "upload_sessions"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    source_id: Mapped[str] = mapped_column(
+    # null for a tus partial upload: a piece of a later final upload, not a source itself
+    source_id: Mapped[str | None] = mapped_column(
         ForeignKey("sources.id", ondelete="CASCADE"), unique=True
     )
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"), index=True)
     protocol: Mapped[str] = mapped_column(String(20))
     status: Mapped[str] = mapped_column(String(20), index=True)
-    size: Mapped[int] = mapped_column(BigInteger)
+    # null while a tus client defers the length (Upload-Defer-Length)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    # sequential protocols (tus): bytes made durable from the start; block uploads leave 0
+    offset: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
     block_size: Mapped[int] = mapped_column(BigInteger)
     block_count: Mapped[int] = mapped_column(Integer)
     # declared per-block SHA-256 (hex) when the client sent its block list, else null
@@ -118,6 +122,25 @@ class UploadSession(Base):
     expires_at: Mapped[datetime] = mapped_column(index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
+
+
+class UploadToken(Base):
+    """A short-lived direct-upload token: lets a front end create one upload for its owner."""
+
+    __tablename__ = "upload_tokens"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    max_size: Mapped[int] = mapped_column(BigInteger)
+    kinds: Mapped[list[Any] | None] = mapped_column(JSON)  # allowed asset kinds; null: any
+    label: Mapped[str | None] = mapped_column(String(200))
+    # the one upload (regular or tus final) it created; tus partials are listed in parts
+    upload_id: Mapped[str | None] = mapped_column(String(40))
+    parts: Mapped[list[Any]] = mapped_column(default=list)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    used_at: Mapped[datetime | None]
 
 
 class UploadPart(Base):

@@ -77,7 +77,8 @@ _TRANSITIONS: dict[type[StrEnum], dict[StrEnum, frozenset[StrEnum]]] = {
         UploadStatus.OPEN: frozenset(
             {UploadStatus.COMPLETED, UploadStatus.CANCELLED, UploadStatus.EXPIRED}
         ),
-        UploadStatus.COMPLETED: frozenset(),
+        # only a tus partial upload that no final upload took expires after completing
+        UploadStatus.COMPLETED: frozenset({UploadStatus.EXPIRED}),
         UploadStatus.CANCELLED: frozenset(),
         UploadStatus.EXPIRED: frozenset(),
     },
