@@ -94,8 +94,17 @@ class StagingStore(Protocol):
         """Copy a range of a stored object into the staging object (deduplicated blocks)."""
         ...
 
-    def read_staged(self, upload_id: str) -> AsyncIterator[bytes]:
-        """Stream the staging object from its start (for hashing before finalising)."""
+    async def copy_staged(self, upload_id: str, offset: int, src_upload_id: str, size: int) -> None:
+        """Copy another staging object's first ``size`` bytes in at ``offset`` (tus concatenation).
+
+        Without a user-space copy where the store allows (reflinks, server-side copies).
+        """
+        ...
+
+    def read_staged(
+        self, upload_id: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Stream the staging object (a range of it), for hashing before finalising."""
         ...
 
     async def finalize(self, upload_id: str, key: str) -> None:
