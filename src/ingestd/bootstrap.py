@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ingestd.auth.keys import IssuedKey, KeyService
 from ingestd.auth.signing import UrlSigner
+from ingestd.auth.tokens import UploadTokens
 from ingestd.db.engine import Database
 from ingestd.db.migrate import upgrade
 from ingestd.defaults import LOCAL_KEY_FILE, LOCAL_OWNER
@@ -27,7 +28,9 @@ from ingestd.pipeline.ingest import VALIDATE, ValidateStep, ingest_graph
 from ingestd.pipeline.music import MusicSteps
 from ingestd.settings import Settings
 from ingestd.storage.local import LocalStore
+from ingestd.uploads.locks import InProcessLocker, UploadLocker
 from ingestd.uploads.service import UploadLimits, UploadService
+from ingestd.uploads.tus import TusService
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Services:
     engine: JobEngine
     dispatcher: Dispatcher
     uploads: UploadService
+    tus: TusService
+    tokens: UploadTokens
     keys: KeyService
     signer: UrlSigner
     toolchain: Toolchain
@@ -61,13 +66,15 @@ class Services:
         )
 
     async def run_scheduler(self, stop: asyncio.Event, interval_s: float = 5.0) -> None:
-        """Rescue expired leases and expire abandoned uploads (their staged data goes)."""
+        """Rescue expired leases, expire abandoned uploads (their staged data goes) and
+        forget long-expired upload tokens."""
         while not stop.is_set():
             try:
                 ready = await asyncio.to_thread(self.engine.rescue_expired)
                 if ready:
                     await self.dispatcher.announce(ready)
                 await self.uploads.expire_sessions()
+                await self.tokens.purge_expired()
             except IngestdError as exc:  # a failed round must not stop the loop
                 self.log.warning("scheduler round failed: %s", exc)
             with contextlib.suppress(TimeoutError):
@@ -125,6 +132,7 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
             default_block_size=settings.block_size,
         ),
     )
+    locker: UploadLocker = InProcessLocker()
     return Services(
         settings=settings,
         db=db,
@@ -132,6 +140,8 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
         engine=engine,
         dispatcher=dispatcher,
         uploads=uploads,
+        tus=TusService(uploads, locker, lock_wait_s=settings.tus_lock_wait_s),
+        tokens=UploadTokens(db, max_upload_size=settings.max_upload_size),
         keys=KeyService(db),
         signer=UrlSigner(load_secret(settings), ttl_s=settings.url_ttl_s),
         toolchain=toolchain,

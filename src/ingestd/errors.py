@@ -59,10 +59,28 @@ class Unauthorized(IngestdError):
     code = "unauthorized"
 
 
+class Forbidden(IngestdError):
+    """The credentials do not allow this request."""
+
+    code = "forbidden"
+
+
 class InvalidRequest(IngestdError):
     """The request is not valid."""
 
     code = "invalid_request"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """The request body has a content type this endpoint does not take."""
+
+    code = "unsupported_media_type"
+
+
+class UnsupportedVersion(InvalidRequest):
+    """The protocol version the client asked for is not supported."""
+
+    code = "unsupported_version"
 
 
 class InvalidBlock(InvalidRequest):
@@ -73,6 +91,12 @@ class InvalidBlock(InvalidRequest):
 
 class ChecksumMismatch(InvalidRequest):
     """The data does not match its checksum."""
+
+    code = "checksum_mismatch"
+
+
+class ChunkChecksumMismatch(ChecksumMismatch):
+    """A tus chunk does not match its Upload-Checksum; it was discarded."""
 
     code = "checksum_mismatch"
 
@@ -99,6 +123,18 @@ class SizeMismatch(Conflict):
     """The received size differs from the declared size."""
 
     code = "size_mismatch"
+
+
+class OffsetMismatch(Conflict):
+    """The client's offset differs from the bytes the server holds."""
+
+    code = "offset_mismatch"
+
+
+class Locked(Conflict):
+    """Another request is writing to this upload."""
+
+    code = "upload_locked"
 
 
 class InvalidState(Conflict):

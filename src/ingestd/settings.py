@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     upload_ttl_s: int = Field(default=24 * 3600, gt=0)
     block_size: int = 8 << 20
     url_ttl_s: int = 6 * 3600
+    tus_lock_wait_s: float = Field(default=5.0, ge=0)  # a second PATCH waits, then gets 423
+    upload_token_ttl_s: int = Field(default=3600, gt=0)  # default life of a direct-upload token
+
+    # browsers: origins allowed to call the API ("*" or a comma-separated list; empty: none)
+    cors_origins: str = ""
+    # behind a reverse proxy: build URLs from X-Forwarded-Proto/-Host (or Forwarded)
+    trust_forwarded: bool = False
 
     ffmpeg: str | None = None
     ffprobe: str | None = None
@@ -55,6 +62,10 @@ class Settings(BaseSettings):
         if url.startswith("file://"):
             return Path(url.removeprefix("file://")).resolve()
         raise ConfigError(f"unsupported INGESTD_STORAGE_URL {url!r} (file:// only so far)")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def queue_list(self) -> list[str]:

@@ -10,7 +10,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from ingestd.api.deps import OwnerId, Svc
+from ingestd.api.deps import OwnerId, Svc, base_url
 from ingestd.api.schemas import ERRORS, AssetOut, AssetPage, EventPage
 from ingestd.auth.signing import UrlSigner
 from ingestd.bootstrap import Services
@@ -41,10 +41,6 @@ def content_type(key: str) -> str:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def base_url(request: Request, svc: Services) -> str:
-    return (svc.public_url or str(request.base_url)).rstrip("/")
 
 
 def asset_json(view: AssetView, signer: UrlSigner, base: str) -> dict[str, Any]:

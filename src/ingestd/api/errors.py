@@ -14,9 +14,14 @@ from ingestd import errors as e
 STATUS: list[tuple[type[e.IngestdError], int]] = [
     (e.NotFound, 404),
     (e.Unauthorized, 401),
+    (e.Forbidden, 403),
+    (e.ChunkChecksumMismatch, 460),  # tus checksum extension
     (e.ChecksumMismatch, 422),
+    (e.UnsupportedMediaType, 415),
+    (e.UnsupportedVersion, 412),
     (e.TooLarge, 413),
     (e.InvalidRequest, 400),
+    (e.Locked, 423),
     (e.Conflict, 409),
     (e.Gone, 410),
     (e.SourceRejected, 422),
@@ -42,7 +47,11 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
 def install(app: FastAPI) -> None:
     @app.exception_handler(e.IngestdError)
     async def _domain(_: Request, exc: e.IngestdError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, e.Unauthorized) else None
+        headers = None
+        if isinstance(exc, e.Unauthorized):
+            headers = {"WWW-Authenticate": "Bearer"}
+        elif isinstance(exc, e.Locked):
+            headers = {"Retry-After": "1"}
         return JSONResponse(
             error_body(exc.code, exc.message, exc.details), status_for(exc), headers=headers
         )

@@ -22,6 +22,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "Invalid request or block index",
         401: "Missing, invalid or revoked API key",
+        403: "The credentials do not allow this",
         404: "Unknown, or owned by someone else",
         409: "Blocks missing (details.missing) or wrong state",
         410: "Upload expired or cancelled",
@@ -33,10 +34,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 class UploadOut(BaseModel):
     upload_id: str
-    asset_id: str
+    asset_id: str | None  # None only for a tus partial upload
+    protocol: str  # blocks, tus, local
     status: str  # uploading, uploaded, validating, ingested, rejected, cancelled, expired
     session_status: str  # open, completed, cancelled, expired
-    size: int
+    size: int | None  # None while a tus client defers the length
+    offset: int  # tus: bytes made durable from the start
     bytes_received: int
     block_size: int
     block_count: int
@@ -44,6 +47,15 @@ class UploadOut(BaseModel):
     missing: list[int]
     expires_at: str
     reason: str | None
+
+
+class UploadTokenOut(BaseModel):
+    token: str  # shown once; send as Authorization: Bearer <token> to the tus endpoint
+    id: str
+    expires_at: str
+    max_size: int
+    kinds: list[str] | None
+    upload_url: str  # the tus creation URL
 
 
 class BlockOut(BaseModel):

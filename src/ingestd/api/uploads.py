@@ -37,9 +37,13 @@ def upload_json(info: UploadInfo) -> dict[str, Any]:
         "upload_id": info.upload_id,
         "asset_id": info.asset_id,
         # one status for clients: the source's, or the session's when it ended unfinished
-        "status": info.status if info.status in ("expired", "cancelled") else info.source_status,
+        "status": info.status
+        if info.status in ("expired", "cancelled") or info.source_status is None
+        else info.source_status,
         "session_status": info.status,
+        "protocol": info.protocol,
         "size": info.size,
+        "offset": info.offset,
         "bytes_received": info.bytes_received,
         "block_size": info.block_size,
         "block_count": info.block_count,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete
+from collections.abc import Callable
+
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from ingestd.db.models import Asset, Block, Source
+from ingestd.db.models import Asset, Block, Source, UploadSession
 from ingestd.domain.states import AssetStatus, SourceStatus, check_transition
 from ingestd.errors import SourceRejected
 from ingestd.jobs.engine import JobEngine, emit, set_asset_status
@@ -21,6 +23,19 @@ VALIDATE = "validate"
 def ingest_graph() -> Graph:
     """What completing an upload enqueues; the kind's own graph follows validation."""
     return Graph((StepSpec(VALIDATE, queue="default", max_attempts=3, weight=1.0),))
+
+
+def allowed_kinds(source_id: str) -> Callable[[Session], list[str] | None]:
+    """The kinds the upload token that created the source allows; None: any."""
+
+    def read(session: Session) -> list[str] | None:
+        upload = session.scalars(
+            select(UploadSession).where(UploadSession.source_id == source_id)
+        ).first()
+        kinds: list[str] | None = upload.info.get("allowed_kinds") if upload else None
+        return kinds
+
+    return read
 
 
 class ValidateStep:
@@ -39,9 +54,15 @@ class ValidateStep:
                 ).value
 
         await ctx.write(start)
+        allowed = await ctx.read(allowed_kinds(ref.source_id))
         try:
             async with self.deps.store.local_path(ref.master_key) as path:
                 sniffed = sniff(path)
+                if allowed is not None and sniffed.kind not in allowed:
+                    raise SourceRejected(
+                        f"the file is {sniffed.description}; the upload token that created "
+                        f"this upload allows only {', '.join(allowed)}"
+                    )
                 # validate_audio refuses anything that is not audio, saying what it looks like
                 probe = await validate_audio(
                     self.deps.toolchain,

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
-import anyio
-import anyio.to_thread
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
@@ -62,7 +60,7 @@ class UploadLimits:
 @dataclass(frozen=True)
 class NewUpload:
     filename: str | None
-    size: int
+    size: int | None  # None: the length is deferred (tus creation-defer-length)
     block_size: int | None = None
     blocks: Sequence[str] | None = None
     sha256: str | None = None
@@ -70,16 +68,25 @@ class NewUpload:
     description: str | None = None
     content_type: str | None = None
     protocol: str = "blocks"
+    # a tus partial upload: a piece of a later final upload, with no asset of its own
+    partial: bool = False
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+# runs inside the creating transaction with the new upload's id (a token's one-time claim)
+CreateHook = Callable[[Session, str], None]
 
 
 @dataclass(frozen=True)
 class UploadInfo:
     upload_id: str
-    asset_id: str
-    source_id: str
+    asset_id: str | None  # None for a tus partial upload
+    source_id: str | None
+    protocol: str
     status: str
-    source_status: str
-    size: int
+    source_status: str | None
+    size: int | None  # None while the length is deferred
+    offset: int
     bytes_received: int
     block_size: int
     block_count: int
@@ -87,6 +94,13 @@ class UploadInfo:
     missing: list[int]
     expires_at: datetime
     reason: str | None
+
+    @property
+    def asset(self) -> str:
+        """The asset's id; a tus partial upload has none."""
+        if self.asset_id is None:
+            raise InvalidState(f"upload {self.upload_id} is a partial upload and has no asset")
+        return self.asset_id
 
 
 @dataclass(frozen=True)
@@ -126,17 +140,19 @@ class UploadService:
 
     # -- create -----------------------------------------------------------------------
 
-    async def create(self, owner_id: str, req: NewUpload) -> UploadInfo:
-        if req.size <= 0:
+    async def create(
+        self, owner_id: str, req: NewUpload, *, on_create: CreateHook | None = None
+    ) -> UploadInfo:
+        if req.size is not None and req.size <= 0:
             raise InvalidRequest("size must be a positive number of bytes", size=req.size)
-        if req.size > self.limits.max_upload_size:
+        if req.size is not None and req.size > self.limits.max_upload_size:
             raise TooLarge(
                 f"size {req.size} exceeds the maximum upload size of "
                 f"{self.limits.max_upload_size} bytes",
                 max_upload_size=self.limits.max_upload_size,
             )
         block_size = check_block_size(req.block_size or self.limits.default_block_size)
-        count = block_count(req.size, block_size)
+        count = block_count(req.size, block_size) if req.size is not None else 0
         hashes = None
         if req.blocks is not None:
             if len(req.blocks) != count:
@@ -153,6 +169,25 @@ class UploadService:
         upload_id = new_id("up")
 
         def write(session: Session) -> None:
+            if req.partial:
+                session.add(
+                    UploadSession(
+                        id=upload_id,
+                        source_id=None,
+                        owner_id=owner_id,
+                        protocol=req.protocol,
+                        status=UploadStatus.OPEN.value,
+                        size=req.size,
+                        block_size=block_size,
+                        block_count=count,
+                        info=dict(req.info),
+                        expires_at=now + self.limits.ttl,
+                    )
+                )
+                session.flush()
+                if on_create is not None:
+                    on_create(session, upload_id)
+                return
             asset = Asset(
                 id=new_id("as"),
                 owner_id=owner_id,
@@ -186,12 +221,15 @@ class UploadService:
                     block_count=count,
                     block_hashes=hashes,
                     expected_sha256=sha,
+                    info=dict(req.info),
                     expires_at=now + self.limits.ttl,
                 )
             )
             session.flush()
+            if on_create is not None:
+                on_create(session, upload_id)
             if hashes:
-                plan_dedup(session, owner_id, upload_id, hashes, req.size, block_size)
+                plan_dedup(session, owner_id, upload_id, hashes, req.size or 0, block_size)
             emit(
                 session,
                 owner_id,
@@ -203,7 +241,7 @@ class UploadService:
             )
 
         await self._tx(write)
-        await self.staging.create(upload_id, req.size)
+        await self.staging.create(upload_id, req.size or 0)
         return await self.status(owner_id, upload_id)
 
     # -- blocks -----------------------------------------------------------------------
@@ -219,6 +257,10 @@ class UploadService:
         content_length: int | None = None,
     ) -> PartInfo:
         session_row = await self._read(lambda s: self._open_session(s, owner_id, upload_id))
+        if session_row.protocol != "blocks" or session_row.size is None:
+            raise InvalidState(
+                f"upload {upload_id} is a {session_row.protocol} upload; send its data that way"
+            )
         offset, length = block_span(index, session_row.size, session_row.block_size)
         declared = (session_row.block_hashes or [None] * session_row.block_count)[index]
         expected = sha256 or declared
@@ -291,14 +333,9 @@ class UploadService:
             if row.status != UploadStatus.OPEN.value:
                 raise InvalidState(f"upload is {row.status}; only an open upload can be cancelled")
             row.status = check_transition(UploadStatus.OPEN, UploadStatus.CANCELLED).value
-            source = session.get_one(Source, row.source_id)
-            source.status = check_transition(
-                SourceStatus(source.status), SourceStatus.CANCELLED
-            ).value
-            asset = session.get_one(Asset, source.asset_id)
-            asset.status = check_transition(AssetStatus(asset.status), AssetStatus.ABANDONED).value
             session.execute(delete(UploadPart).where(UploadPart.session_id == row.id))
-            emit(session, owner_id, asset.id, "upload.cancelled", upload_id=upload_id)
+            asset_id = self._end_source(session, row, SourceStatus.CANCELLED)
+            emit(session, owner_id, asset_id, "upload.cancelled", upload_id=upload_id)
 
         await self._tx(write)
         await self.staging.discard(upload_id)
@@ -311,16 +348,23 @@ class UploadService:
         """
         now = self.clock()
         ids = await self._read(
-            lambda s: list(
-                s.scalars(
-                    select(UploadSession.id)
+            lambda s: [
+                row.id
+                for row in s.scalars(
+                    select(UploadSession)
                     .where(
-                        UploadSession.status == UploadStatus.OPEN.value,
+                        UploadSession.status.in_(
+                            [UploadStatus.OPEN.value, UploadStatus.COMPLETED.value]
+                        ),
                         UploadSession.expires_at <= now,
+                        # completed uploads expire only as unused tus partials
+                        (UploadSession.status == UploadStatus.OPEN.value)
+                        | UploadSession.source_id.is_(None),
                     )
                     .limit(limit)
                 )
-            )
+                if _expirable(row)
+            ]
         )
         expired = 0
         for upload_id in ids:
@@ -333,38 +377,44 @@ class UploadService:
     def _expire_one(upload_id: str, now: datetime) -> Callable[[Session], bool]:
         def expire(session: Session) -> bool:
             row = session.get(UploadSession, upload_id, with_for_update=True)
-            if row is None or row.status != UploadStatus.OPEN.value or row.expires_at > now:
+            if row is None or row.expires_at > now or not _expirable(row):
                 return False
-            row.status = check_transition(UploadStatus.OPEN, UploadStatus.EXPIRED).value
-            source = session.get_one(Source, row.source_id)
-            source.status = check_transition(
-                SourceStatus(source.status), SourceStatus.EXPIRED
-            ).value
-            asset = session.get_one(Asset, source.asset_id)
-            asset.status = check_transition(AssetStatus(asset.status), AssetStatus.ABANDONED).value
+            row.status = check_transition(UploadStatus(row.status), UploadStatus.EXPIRED).value
             session.execute(delete(UploadPart).where(UploadPart.session_id == row.id))
-            emit(session, row.owner_id, asset.id, "upload.expired", upload_id=upload_id)
+            asset_id = UploadService._end_source(session, row, SourceStatus.EXPIRED)
+            emit(session, row.owner_id, asset_id, "upload.expired", upload_id=upload_id)
             return True
 
         return expire
 
     # -- complete ---------------------------------------------------------------------
 
-    async def complete(self, owner_id: str, upload_id: str) -> UploadInfo:
+    async def complete(
+        self, owner_id: str, upload_id: str, *, sha256: str | None = None
+    ) -> UploadInfo:
+        """Check, assemble and hand the master to the job engine.
+
+        ``sha256`` is the whole file's hash when the caller computed it from the very bytes
+        it wrote, in order, since the first (a sequential tus upload on one process): the
+        verifying re-read is then skipped.
+        """
         # a client that retries complete while the first call still runs waits for it
         lock = self._complete_locks.setdefault(upload_id, asyncio.Lock())
         try:
             async with lock:
-                return await self._complete(owner_id, upload_id)
+                return await self._complete(owner_id, upload_id, sha256)
         finally:
             if not lock.locked():
                 self._complete_locks.pop(upload_id, None)
 
-    async def _complete(self, owner_id: str, upload_id: str) -> UploadInfo:
+    async def _complete(self, owner_id: str, upload_id: str, known: str | None) -> UploadInfo:
         row = await self._read(lambda s: self._session(s, owner_id, upload_id))
         if row.status == UploadStatus.COMPLETED.value:
             return await self.status(owner_id, upload_id)  # idempotent
         row = await self._read(lambda s: self._open_session(s, owner_id, upload_id))
+        if row.size is None or row.source_id is None:
+            raise InvalidState(f"upload {upload_id} has no length yet or is a partial upload")
+        size = row.size
         parts = await self._read(
             lambda s: list(s.scalars(select(UploadPart).where(UploadPart.session_id == upload_id)))
         )
@@ -375,11 +425,11 @@ class UploadService:
                 f"{len(missing)} of {row.block_count} blocks are missing", missing=missing
             )
         total = sum(p.size for p in parts)
-        if total != row.size:
+        if total != size:
             raise SizeMismatch(
-                f"received {total} bytes; the upload declared {row.size}",
+                f"received {total} bytes; the upload declared {size}",
                 received=total,
-                size=row.size,
+                size=size,
             )
 
         source = await self._read(lambda s: s.get_one(Source, row.source_id))
@@ -390,11 +440,15 @@ class UploadService:
             await self._copy_dedup_blocks(
                 owner_id, upload_id, [p for p in parts if p.origin == "dedup"]
             )
-        whole, bad = await hash_blocks(
-            self.store.read(key) if finalized else self.staging.read_staged(upload_id),
-            row.block_size,
-            {p.index: p.sha256 for p in parts},
-        )
+        bad: list[int]
+        if known is not None and not finalized:
+            whole, bad = known, []
+        else:
+            whole, bad = await hash_blocks(
+                self.store.read(key) if finalized else self.staging.read_staged(upload_id),
+                row.block_size,
+                {p.index: p.sha256 for p in parts},
+            )
         if bad and finalized:
             raise StorageError(f"the assembled master of upload {upload_id} is damaged")
         if bad:
@@ -415,17 +469,18 @@ class UploadService:
             live = self._open_session(session, owner_id, upload_id)
             live.status = check_transition(UploadStatus.OPEN, UploadStatus.COMPLETED).value
             live.completed_at = self.clock()
+            live.offset = size
             src = session.get_one(Source, live.source_id)
             src.status = check_transition(SourceStatus.UPLOADING, SourceStatus.UPLOADED).value
             src.sha256 = whole
             src.master_key = key
             src.staging_key = None
-            src.bytes_received = live.size
+            src.bytes_received = size
             asset = session.get_one(Asset, src.asset_id)
             asset.status = check_transition(AssetStatus(asset.status), AssetStatus.INGESTING).value
             asset.sha256 = whole
             for p in parts:
-                offset, _ = block_span(p.index, live.size, live.block_size)
+                offset, _ = block_span(p.index, size, live.block_size)
                 session.add(
                     Block(
                         owner_id=owner_id,
@@ -443,7 +498,7 @@ class UploadService:
                 "upload.completed",
                 upload_id=upload_id,
                 sha256=whole,
-                size=live.size,
+                size=size,
             )
             ready = self.engine.enqueue_graph(session, asset.id, self.ingest_graph())
             session.flush()
@@ -467,6 +522,7 @@ class UploadService:
         if not parts:
             return
         row = await self._read(lambda s: s.get_one(UploadSession, upload_id))
+        assert row.size is not None  # deduplication needs a declared block list, so a size
         gone: list[int] = []
         for part in parts:
             location = await self._read(locate_block(owner_id, part.sha256, part.size))
@@ -487,13 +543,20 @@ class UploadService:
     # -- helpers ----------------------------------------------------------------------
 
     async def _tx(self, fn: Callable[[Session], T]) -> T:
-        def run() -> T:
-            with self.db.transaction() as session:
-                return fn(session)
-
-        return await anyio.to_thread.run_sync(run)
+        return await self.db.run(fn)
 
     _read = _tx
+
+    @staticmethod
+    def _end_source(session: Session, row: UploadSession, status: SourceStatus) -> str | None:
+        """An upload that ends unfinished: its source gets ``status``, its asset is abandoned."""
+        if row.source_id is None:
+            return None
+        source = session.get_one(Source, row.source_id)
+        source.status = check_transition(SourceStatus(source.status), status).value
+        asset = session.get_one(Asset, source.asset_id)
+        asset.status = check_transition(AssetStatus(asset.status), AssetStatus.ABANDONED).value
+        return asset.id
 
     def _session(self, session: Session, owner_id: str, upload_id: str) -> UploadSession:
         row = session.get(UploadSession, upload_id)
@@ -529,10 +592,12 @@ class UploadService:
             )
         )
         row = session.get_one(UploadSession, upload_id)
-        session.get_one(Source, row.source_id).bytes_received = self._received(session, upload_id)
+        if row.source_id is not None:
+            received = self._received(session, upload_id)
+            session.get_one(Source, row.source_id).bytes_received = received
 
     def _info(self, session: Session, row: UploadSession) -> UploadInfo:
-        source = session.get_one(Source, row.source_id)
+        source = session.get_one(Source, row.source_id) if row.source_id else None
         present = set(
             session.scalars(select(UploadPart.index).where(UploadPart.session_id == row.id))
         )
@@ -543,16 +608,29 @@ class UploadService:
             present = set(range(row.block_count))
         return UploadInfo(
             upload_id=row.id,
-            asset_id=source.asset_id,
-            source_id=source.id,
+            asset_id=source.asset_id if source else None,
+            source_id=row.source_id,
+            protocol=row.protocol,
             status=status,
-            source_status=source.status,
+            source_status=source.status if source else None,
             size=row.size,
-            bytes_received=source.bytes_received,
+            offset=row.offset,
+            bytes_received=source.bytes_received if source else row.offset,
             block_size=row.block_size,
             block_count=row.block_count,
             present=sorted(present),
             missing=missing_blocks(present, row.block_count),
             expires_at=row.expires_at,
-            reason=source.reason,
+            reason=source.reason if source else None,
         )
+
+
+def _expirable(row: UploadSession) -> bool:
+    """Open uploads, and completed tus partial uploads that no final upload has taken."""
+    if row.status == UploadStatus.OPEN.value:
+        return True
+    return (
+        row.status == UploadStatus.COMPLETED.value
+        and row.source_id is None
+        and not row.info.get("final")
+    )
