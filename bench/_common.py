@@ -1,16 +1,42 @@
-"""What the bench scripts share: finding ingestd, temporary roots, medians, clean exits."""
+"""What the bench scripts share.
+
+Finding ingestd, temporary roots, sizes, random files, medians, clean exits, and an
+``ingestd serve`` subprocess with its CPU and peak-RSS sampling.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import hashlib
+import os
+import resource
 import shutil
 import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+import psutil
+
+MB = 1_000_000
+MIB = 1 << 20
+COPY_BUFFER = 8 * MIB
+RSS_SAMPLE_S = 0.05
+HEALTH_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def find_ingestd(explicit: Path | None) -> Path:
@@ -50,3 +76,248 @@ def median(values: Sequence[float]) -> float:
 
 def load_text(values: tuple[float, float, float]) -> str:
     return " ".join(f"{v:.2f}" for v in values)
+
+
+def parse_size(text: str) -> int:
+    """``1G``, ``64M``, ``512K``, ``1GiB`` or a plain number of bytes (binary multiples)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in _SUFFIXES else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        size = int(float(number) * _SUFFIXES[unit])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from exc
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return size
+
+
+def human_bytes(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def write_random_file(path: Path, size: int) -> str:
+    """Fresh random bytes (no block repeats, so nothing deduplicates), flushed to disk.
+
+    Returns the file's SHA-256 (hex), computed while writing.
+    """
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        left = size
+        while left:
+            chunk = os.urandom(min(COPY_BUFFER, left))
+            digest.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    """SHA-256 (hex) of a file, read ``COPY_BUFFER`` bytes at a time."""
+    digest = hashlib.sha256()
+    buffer = bytearray(COPY_BUFFER)
+    view = memoryview(buffer)
+    with path.open("rb", buffering=0) as reader:
+        while got := reader.readinto(buffer):
+            digest.update(view[:got])
+    return digest.hexdigest()
+
+
+def settle() -> None:
+    """Write back dirty pages between phases so one phase's writeback does not slow the next."""
+    os.sync()
+
+
+def filesystem_of(path: Path) -> str:
+    best: Any = None
+    resolved = str(path.resolve())
+    for part in psutil.disk_partitions(all=True):
+        mount = part.mountpoint.rstrip("/") or "/"
+        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+        if inside and (best is None or len(mount) > len(best.mountpoint)):
+            best = part
+    return "unknown" if best is None else f"{best.device} ({best.fstype}) on {best.mountpoint}"
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without any ``INGESTD_*`` (no stray database or data dir)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
+    env.update(extra)
+    return env
+
+
+class ServerProcess:
+    """A server in a subprocess, its output in a log file: start, wait until ready, stop."""
+
+    name = "server"
+
+    def __init__(self, command: list[str], log_path: Path) -> None:
+        self.command = command
+        self.log_path = log_path
+        self._popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def process(self) -> psutil.Process:
+        assert self._popen is not None
+        return psutil.Process(self._popen.pid)
+
+    def _launch(self, env: dict[str, str], *, cwd: Path | None = None) -> None:
+        with self.log_path.open("wb") as log:
+            self._popen = subprocess.Popen(
+                self.command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def _wait_until(self, ready: Callable[[], bool], what: str) -> None:
+        """Poll ``ready`` every 0.1 s for ``HEALTH_TIMEOUT_S``; fail early if the server exits."""
+        assert self._popen is not None
+        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._popen.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self._popen.returncode}:\n{self.log_tail()}"
+                )
+            if ready():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not {what} within {HEALTH_TIMEOUT_S:.0f} s")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``."""
+        if self._popen is None or self._popen.poll() is not None:
+            return
+        self._popen.send_signal(signal.SIGTERM)
+        try:
+            self._popen.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._popen.kill()
+            self._popen.wait()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def http_ok(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> bool:
+    """Whether ``url`` answers 2xx within 2 s."""
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            return bool(200 <= answer.status < 300)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class Server(ServerProcess):
+    """``ingestd serve`` in a subprocess on a free loopback port, with its own data dir.
+
+    It runs with ``INGESTD_QUEUES=bench-idle``: no worker claims the processing work, so
+    nothing competes with the measurement. Its API key is read from ``<data-dir>/local-key``.
+    """
+
+    name = "ingestd serve"
+
+    def __init__(self, ingestd: Path, data_dir: Path, log_path: Path) -> None:
+        self.port = free_loopback_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir
+        command = [str(ingestd), "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        super().__init__([*command, "--data-dir", str(data_dir)], log_path)
+        self.key = ""
+
+    @property
+    def database(self) -> Path:
+        return self.data_dir / "ingestd.db"
+
+    def start(self) -> None:
+        self._launch(clean_env(INGESTD_QUEUES="bench-idle"))
+        key_file = self.data_dir / "local-key"
+        self._wait_until(
+            lambda: http_ok(f"{self.url}/health") and key_file.exists(), "answer /health"
+        )
+        self.key = key_file.read_text(encoding="utf-8").strip()
+
+
+def children_cpu() -> float:
+    """User + system CPU-seconds of this process's waited-for children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _tree(process: psutil.Process, include_children: bool) -> list[psutil.Process]:
+    if not include_children:
+        return [process]
+    with contextlib.suppress(psutil.Error):
+        return [process, *process.children(recursive=True)]
+    return [process]
+
+
+def process_rss(process: psutil.Process, include_children: bool = False) -> int:
+    """RSS of the process, plus that of its live descendants if asked."""
+    total = 0
+    for member in _tree(process, include_children):
+        with contextlib.suppress(psutil.Error):
+            total += member.memory_info().rss
+    return total
+
+
+def process_cpu(process: psutil.Process, include_children: bool = False) -> float:
+    """User + system CPU-seconds of the process; with children: its waited-for children's
+    and its live descendants' too (a descendant that exits unwaited between two readings is
+    missed)."""
+    times = process.cpu_times()
+    total = float(times.user + times.system)
+    if include_children:
+        total += float(times.children_user + times.children_system)
+        for member in _tree(process, True)[1:]:
+            with contextlib.suppress(psutil.Error):
+                child = member.cpu_times()
+                total += float(child.user + child.system)
+    return total
+
+
+class PeakRss(threading.Thread):
+    """Samples a process's RSS every ``RSS_SAMPLE_S`` until stopped; keeps the peak.
+
+    With ``include_children`` each sample is the sum over the process and its descendants.
+    """
+
+    def __init__(self, process: psutil.Process, include_children: bool = False) -> None:
+        super().__init__(daemon=True)
+        self._process = process
+        self._include_children = include_children
+        self._stop_event = threading.Event()
+        self.peak = 0
+        self.samples = 0
+
+    def _sample(self) -> None:
+        rss = process_rss(self._process, self._include_children)
+        if rss:
+            self.peak = max(self.peak, rss)
+            self.samples += 1
+
+    def run(self) -> None:
+        self._sample()
+        while not self._stop_event.wait(RSS_SAMPLE_S):
+            self._sample()
+
+    def finish(self) -> int:
+        self._stop_event.set()
+        self.join()
+        self._sample()
+        return self.peak

@@ -37,17 +37,11 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import shlex
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,57 +49,27 @@ from typing import Any
 
 import psutil
 from _common import (
+    COPY_BUFFER,
+    MB,
+    MIB,
+    PeakRss,
+    Server,
+    children_cpu,
+    clean_env,
     exit_cleanly_on_sigterm,
+    filesystem_of,
     find_ingestd,
+    human_bytes,
     load_text,
     median,
+    parse_size,
+    process_cpu,
+    settle,
     temporary_root,
+    write_random_file,
 )
 
-MB = 1_000_000
-MIB = 1 << 20
-COPY_BUFFER = 8 * MIB
-RSS_SAMPLE_S = 0.05
-HEALTH_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
-_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str) -> int:
-    """``1G``, ``64M``, ``512K``, ``1GiB`` or a plain number of bytes (binary multiples)."""
-    value = text.strip().upper().removesuffix("IB").removesuffix("B")
-    unit = value[-1:] if value[-1:] in _SUFFIXES else ""
-    number = value[: len(value) - len(unit)]
-    try:
-        size = int(float(number) * _SUFFIXES[unit])
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from exc
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
-    return size
-
-
-def human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.2f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
 # -- files and the disk baseline -------------------------------------------------------------
-
-
-def write_random_file(path: Path, size: int) -> None:
-    """Fresh random bytes (no block repeats, so nothing deduplicates), flushed to disk."""
-    with path.open("wb") as out:
-        left = size
-        while left:
-            chunk = os.urandom(min(COPY_BUFFER, left))
-            out.write(chunk)
-            left -= len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
 
 
 def disk_write_seconds(src: Path, dest: Path) -> float:
@@ -119,138 +83,6 @@ def disk_write_seconds(src: Path, dest: Path) -> float:
         writer.flush()
         os.fsync(writer.fileno())
     return time.perf_counter() - started
-
-
-def settle() -> None:
-    """Write back dirty pages between phases so one phase's writeback does not slow the next."""
-    os.sync()
-
-
-def filesystem_of(path: Path) -> str:
-    best: Any = None
-    resolved = str(path.resolve())
-    for part in psutil.disk_partitions(all=True):
-        mount = part.mountpoint.rstrip("/") or "/"
-        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
-        if inside and (best is None or len(mount) > len(best.mountpoint)):
-            best = part
-    return "unknown" if best is None else f"{best.device} ({best.fstype}) on {best.mountpoint}"
-
-
-# -- the server -------------------------------------------------------------------------------
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any ``INGESTD_*`` (no stray database or data dir)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
-    env.update(extra)
-    return env
-
-
-class Server:
-    """``ingestd serve`` in a subprocess on a free loopback port, with its own data dir."""
-
-    def __init__(self, ingestd: Path, data_dir: Path, log_path: Path) -> None:
-        self.port = free_loopback_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self.command = [
-            str(ingestd),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(data_dir),
-        ]
-        self._popen: subprocess.Popen[bytes] | None = None
-        self.key = ""
-
-    @property
-    def process(self) -> psutil.Process:
-        assert self._popen is not None
-        return psutil.Process(self._popen.pid)
-
-    @property
-    def database(self) -> Path:
-        return self.data_dir / "ingestd.db"
-
-    def start(self) -> None:
-        env = clean_env(INGESTD_QUEUES="bench-idle")
-        with self.log_path.open("wb") as log:
-            self._popen = subprocess.Popen(
-                self.command, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._popen.poll() is not None:
-                raise RuntimeError(f"ingestd serve exited with {self._popen.returncode}")
-            if self._healthy() and (self.data_dir / "local-key").exists():
-                self.key = (self.data_dir / "local-key").read_text(encoding="utf-8").strip()
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"ingestd serve did not answer /health within {HEALTH_TIMEOUT_S:.0f} s")
-
-    def _healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
-                return bool(answer.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after ``STOP_TIMEOUT_S``."""
-        if self._popen is None or self._popen.poll() is not None:
-            return
-        self._popen.send_signal(signal.SIGTERM)
-        try:
-            self._popen.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self._popen.kill()
-            self._popen.wait()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-class PeakRss(threading.Thread):
-    """Samples a process's RSS every ``RSS_SAMPLE_S`` until stopped; keeps the peak."""
-
-    def __init__(self, process: psutil.Process) -> None:
-        super().__init__(daemon=True)
-        self._process = process
-        self._stop_event = threading.Event()
-        self.peak = 0
-        self.samples = 0
-
-    def _sample(self) -> None:
-        with contextlib.suppress(psutil.Error):
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            self.samples += 1
-
-    def run(self) -> None:
-        self._sample()
-        while not self._stop_event.wait(RSS_SAMPLE_S):
-            self._sample()
-
-    def finish(self) -> int:
-        self._stop_event.set()
-        self.join()
-        self._sample()
-        return self.peak
 
 
 # -- one upload -------------------------------------------------------------------------------
@@ -270,16 +102,6 @@ class UploadRun:
 
     def mb_s(self, size: int) -> float:
         return size / MB / self.seconds
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
 
 
 def _loopback_received() -> int:
@@ -329,7 +151,7 @@ def run_upload(
     command = client_command(ingestd, path, server.url, server.key, parallel, block_size)
     process = server.process
     sampler = PeakRss(process)
-    cpu_before, server_cpu_before = _children_cpu(), _cpu(process)
+    cpu_before, server_cpu_before = children_cpu(), process_cpu(process)
     lo_before = _loopback_received()
     sampler.start()
     started = time.perf_counter()
@@ -339,8 +161,8 @@ def run_upload(
         seconds = time.perf_counter() - started
         peak = sampler.finish()
     lo_after = _loopback_received()
-    server_cpu = _cpu(process) - server_cpu_before
-    client_cpu = _children_cpu() - cpu_before
+    server_cpu = process_cpu(process) - server_cpu_before
+    client_cpu = children_cpu() - cpu_before
     if done.returncode != 0:
         raise RuntimeError(
             f"ingestd upload exited with {done.returncode}:\n{done.stderr[-2000:]}{done.stdout}"
