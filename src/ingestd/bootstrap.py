@@ -66,14 +66,15 @@ class Services:
         )
 
     async def run_scheduler(self, stop: asyncio.Event, interval_s: float = 5.0) -> None:
-        """Rescue expired leases, expire abandoned uploads (their staged data goes) and
-        forget long-expired upload tokens."""
+        """Rescue expired leases, expire abandoned uploads (their staged data goes), finish
+        tus uploads whose completion was cut short, forget long-expired upload tokens."""
         while not stop.is_set():
             try:
                 ready = await asyncio.to_thread(self.engine.rescue_expired)
                 if ready:
                     await self.dispatcher.announce(ready)
                 await self.uploads.expire_sessions()
+                await self.tus.finish_stalled()
                 await self.tokens.purge_expired()
             except IngestdError as exc:  # a failed round must not stop the loop
                 self.log.warning("scheduler round failed: %s", exc)

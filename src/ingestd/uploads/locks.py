@@ -14,6 +14,8 @@ from typing import Protocol
 
 from ingestd.errors import Locked
 
+_MIN_WAIT_S = 0.05
+
 
 class UploadLocker(Protocol):
     def hold(self, upload_id: str, *, wait_s: float) -> AbstractAsyncContextManager[None]:
@@ -34,7 +36,8 @@ class InProcessLocker:
         self._users[upload_id] = self._users.get(upload_id, 0) + 1
         try:
             try:
-                await asyncio.wait_for(lock.acquire(), timeout=wait_s)
+                # a free lock is taken at its first step, so even wait_s=0 can succeed
+                await asyncio.wait_for(lock.acquire(), timeout=max(wait_s, _MIN_WAIT_S))
             except TimeoutError:
                 raise Locked(
                     f"upload {upload_id} is being written by another request; "

@@ -23,12 +23,14 @@ filesystem has them), hashed in one pass, then completed like any other.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ingestd.db.models import Source, UploadPart, UploadSession
@@ -38,6 +40,7 @@ from ingestd.errors import (
     ChunkChecksumMismatch,
     Forbidden,
     Gone,
+    IngestdError,
     InvalidRequest,
     InvalidState,
     Locked,
@@ -53,6 +56,7 @@ from ingestd.uploads.service import CreateHook, NewUpload, UploadService
 from ingestd.uploads.tus_protocol import Checksum, Metadata
 
 PROTOCOL = "tus"
+log = logging.getLogger("ingestd.tus")
 _CARRY_LIMIT = 10_000
 
 
@@ -273,6 +277,8 @@ class TusService:
         its length, ChunkChecksumMismatch (460) when ``checksum`` does not match (nothing is
         kept), and IncompleteWrite when the body broke off (what arrived is kept).
         """
+        if content_length == 0 and await self._already_complete(owner_id, upload_id, offset):
+            return await self.state(owner_id, upload_id)  # an empty PATCH at the end: no-op
         async with self.locker.hold(upload_id, wait_s=self.lock_wait_s):
             row = await self.db.run(lambda s: self._writable(s, owner_id, upload_id))
             size = row.size
@@ -330,6 +336,54 @@ class TusService:
                 whole = hasher.whole.hexdigest() if hasher.whole is not None else None
                 await self._finish(owner_id, upload_id, whole)
         return await self.state(owner_id, upload_id)
+
+    async def _already_complete(self, owner_id: str, upload_id: str, offset: int) -> bool:
+        def check(session: Session) -> bool:
+            row = self._session(session, owner_id, upload_id)
+            return row.status == UploadStatus.COMPLETED.value and offset == row.size
+
+        return await self.db.run(check)
+
+    async def finish_stalled(self, idle: timedelta = timedelta(minutes=1)) -> int:
+        """Complete uploads whose last byte landed but whose completion never finished.
+
+        A process that stopped between the last byte and the end of completion leaves an
+        open upload with every byte; a final upload may likewise wait for an assembly that
+        never ran. The scheduler finishes both once they have been idle for ``idle``.
+        """
+        ttl = self.uploads.limits.ttl
+        quiet_since = self.clock() - idle
+
+        def stalled(session: Session) -> list[tuple[str, str, bool]]:
+            rows = session.scalars(
+                select(UploadSession).where(
+                    UploadSession.protocol == PROTOCOL,
+                    UploadSession.status == UploadStatus.OPEN.value,
+                    UploadSession.source_id.is_not(None),
+                    UploadSession.expires_at <= quiet_since + ttl,  # expiry = last PATCH + ttl
+                )
+            )
+            out = []
+            for row in rows:
+                final = bool(row.info.get("parts"))
+                if final or (row.size is not None and row.offset == row.size):
+                    out.append((row.owner_id, row.id, final))
+            return out
+
+        done = 0
+        for owner_id, upload_id, final in await self.db.run(stalled):
+            try:
+                if final:
+                    await self._concatenate(owner_id, upload_id)
+                else:
+                    async with self.locker.hold(upload_id, wait_s=0):
+                        await self.uploads.complete(owner_id, upload_id)
+                done += 1
+            except Locked:
+                continue  # a request is working on it
+            except IngestdError as exc:  # one bad upload must not hold up the others
+                log.warning("cannot finish tus upload %s: %s", upload_id, exc)
+        return done
 
     def _cap(self, row: UploadSession) -> int:
         token_cap = row.info.get("max_size")
