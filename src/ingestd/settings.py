@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     block_size: int = 8 << 20
     url_ttl_s: int = 6 * 3600
     tus_lock_wait_s: float = Field(default=5.0, ge=0)  # a second PATCH waits, then gets 423
+    tus_idle_timeout_s: float = Field(default=30.0, gt=0)  # a PATCH body silent this long ends
     upload_token_ttl_s: int = Field(default=3600, gt=0)  # default life of a direct-upload token
 
     # browsers: origins allowed to call the API ("*" or a comma-separated list; empty: none)

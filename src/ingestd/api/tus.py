@@ -9,12 +9,15 @@ Errors keep ingestd's JSON body (``{"error": {"code", ...}}``) with tus's status
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingestd.api.deps import Svc, base_url, bearer, services
@@ -283,15 +286,17 @@ async def _append(
     length = parse_number(h.get("upload-length"), "Upload-Length")
     if caller.grant is not None and length is not None and length > caller.grant.max_size:
         raise _too_large(length, caller.grant.max_size)
+    body = Body(request, idle_s=svc.settings.tus_idle_timeout_s)
     try:
         return await svc.tus.append(
             caller.owner_id,
             upload_id,
             offset,
-            request.stream(),
+            body.chunks(),
             content_length=parse_number(h.get("content-length"), "Content-Length"),
             checksum=parse_checksum(h.get("upload-checksum")),
             length=length,
+            interrupt=body.interrupt,
         )
     except IncompleteWrite as exc:
         # the body broke off: what arrived is kept; a client still listening resumes
@@ -300,6 +305,51 @@ async def _append(
             f"the request body ended early after {exc.written} bytes; resume at the offset",
             offset=state.offset,
         ) from exc
+
+
+class BodyInterrupted(Exception):
+    """The request body stopped: no data for too long, or a newer request took over."""
+
+
+class Body:
+    """A PATCH body read message by message, which a stalled client cannot hold forever.
+
+    Reading gives up after ``idle_s`` without data, and at once when :meth:`interrupt` is
+    called (a newer request for the same upload is waiting). Either way the bytes already
+    received are kept, as for a cut connection.
+    """
+
+    def __init__(self, request: Request, *, idle_s: float) -> None:
+        self.request = request
+        self.idle_s = idle_s
+        self._waiting: asyncio.Timeout | None = None
+        self._interrupted = False
+
+    def interrupt(self) -> None:
+        self._interrupted = True
+        if self._waiting is not None:
+            self._waiting.reschedule(asyncio.get_running_loop().time())  # expire it now
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            if self._interrupted:
+                raise BodyInterrupted("a newer request for this upload took over")
+            try:
+                async with asyncio.timeout(self.idle_s) as waiting:
+                    self._waiting = waiting
+                    message = await self.request.receive()
+            except TimeoutError:
+                reason = "a newer request took over" if self._interrupted else "no data"
+                raise BodyInterrupted(f"the request body stopped: {reason}") from None
+            finally:
+                self._waiting = None
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect
+            data = message.get("body", b"")
+            if data:
+                yield data
+            if not message.get("more_body", False):
+                return
 
 
 def _has_body(request: Request) -> bool:

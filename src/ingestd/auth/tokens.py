@@ -154,6 +154,8 @@ class UploadTokens:
             row = session.get(UploadToken, grant.token_id, with_for_update=True)
             if row is None or row.expires_at <= self.clock():
                 raise Unauthorized("invalid or expired upload token")
+            if row.upload_id is not None:
+                raise Forbidden("this upload token has already created its upload")
             if partial:
                 used = session.scalar(
                     select(func.coalesce(func.sum(UploadSession.size), 0)).where(
@@ -167,8 +169,6 @@ class UploadTokens:
                     )
                 row.parts = [*row.parts, upload_id]
                 return
-            if row.upload_id is not None:
-                raise Forbidden("this upload token has already created its upload")
             row.upload_id = upload_id
             row.used_at = self.clock()
 

@@ -141,6 +141,7 @@ class TusService:
         self.lock_wait_s = lock_wait_s
         self.clock = clock
         self._carry: OrderedDict[str, _Carry] = OrderedDict()
+        self._writing: dict[str, Callable[[], None]] = {}  # interrupt the PATCH in progress
 
     @property
     def max_size(self) -> int:
@@ -270,71 +271,96 @@ class TusService:
         content_length: int | None = None,
         checksum: Checksum | None = None,
         length: int | None = None,
+        interrupt: Callable[[], None] | None = None,
     ) -> TusUpload:
         """Write ``chunks`` at ``offset``; the upload completes when its last byte lands.
 
         Raises OffsetMismatch (409) when ``offset`` is not the upload's, TooLarge (413) past
         its length, ChunkChecksumMismatch (460) when ``checksum`` does not match (nothing is
         kept), and IncompleteWrite when the body broke off (what arrived is kept).
+
+        ``interrupt`` ends ``chunks`` early. A later PATCH for the same upload calls it while
+        this one writes: a client that reconnects after a stall takes over at once, and the
+        stalled request keeps what it had received (tusd's lock release requests).
         """
         if content_length == 0 and await self._already_complete(owner_id, upload_id, offset):
             return await self.state(owner_id, upload_id)  # an empty PATCH at the end: no-op
+        holder = self._writing.get(upload_id)
+        if holder is not None:
+            holder()  # ask the request in progress to stop and keep what it has
         async with self.locker.hold(upload_id, wait_s=self.lock_wait_s):
-            row = await self.db.run(lambda s: self._writable(s, owner_id, upload_id))
-            size = row.size
-            if length is not None:
-                size = await self._declare_length(owner_id, row, length)
-            if offset != row.offset:
-                raise OffsetMismatch(
-                    f"Upload-Offset is {offset}; the upload holds {row.offset} bytes",
-                    offset=row.offset,
-                )
-            cap = size if size is not None else self._cap(row)
-            limit = cap - offset
-            if content_length is not None and content_length > limit:
-                raise TooLarge(
-                    f"{content_length} bytes sent at offset {offset}; the upload takes "
-                    f"{limit} more",
-                    remaining=limit,
-                )
-            hasher = await self._hasher(row, offset, checksum)
+            if interrupt is not None:
+                self._writing[upload_id] = interrupt
             try:
-                written = await self.staging.write_at(
-                    upload_id, offset, chunks, limit=limit, observe=hasher.update
+                return await self._append(
+                    owner_id, upload_id, offset, chunks, content_length, checksum, length
                 )
-                cut: IncompleteWrite | None = None
-            except IncompleteWrite as exc:
-                written, cut = exc.written, exc
-            except BaseException:
-                self._carry.pop(upload_id, None)
-                raise
-            if checksum is not None and (
-                cut is not None
-                or hasher.chunk is None
-                or (hasher.chunk.digest() != checksum.digest)
-            ):
-                self._carry.pop(upload_id, None)
-                if cut is not None:
-                    raise cut  # the chunk cannot be verified, so none of it is kept
-                raise ChunkChecksumMismatch(
-                    f"the {checksum.algorithm} checksum of the {written} bytes received does "
-                    "not match Upload-Checksum; they were discarded",
-                    algorithm=checksum.algorithm,
-                )
-            end = offset + written
-            done = size is not None and end == size
-            if done:
-                hasher.finish()
-            await self.db.run(self._record(owner_id, upload_id, offset, end, hasher.blocks))
-            if done:
-                self._carry.pop(upload_id, None)
-            else:
-                self._keep(upload_id, _Carry(end, hasher.block, hasher.whole))
+            finally:
+                if self._writing.get(upload_id) is interrupt:
+                    self._writing.pop(upload_id, None)
+
+    async def _append(
+        self,
+        owner_id: str,
+        upload_id: str,
+        offset: int,
+        chunks: AsyncIterator[bytes],
+        content_length: int | None,
+        checksum: Checksum | None,
+        length: int | None,
+    ) -> TusUpload:
+        row = await self.db.run(lambda s: self._writable(s, owner_id, upload_id))
+        size = row.size
+        if length is not None:
+            size = await self._declare_length(owner_id, row, length)
+        if offset != row.offset:
+            raise OffsetMismatch(
+                f"Upload-Offset is {offset}; the upload holds {row.offset} bytes",
+                offset=row.offset,
+            )
+        cap = size if size is not None else self._cap(row)
+        limit = cap - offset
+        if content_length is not None and content_length > limit:
+            raise TooLarge(
+                f"{content_length} bytes sent at offset {offset}; the upload takes {limit} more",
+                remaining=limit,
+            )
+        hasher = await self._hasher(row, offset, checksum)
+        try:
+            written = await self.staging.write_at(
+                upload_id, offset, chunks, limit=limit, observe=hasher.update
+            )
+            cut: IncompleteWrite | None = None
+        except IncompleteWrite as exc:
+            written, cut = exc.written, exc
+        except BaseException:
+            self._carry.pop(upload_id, None)
+            raise
+        if checksum is not None and (
+            cut is not None or hasher.chunk is None or (hasher.chunk.digest() != checksum.digest)
+        ):
+            self._carry.pop(upload_id, None)
             if cut is not None:
-                raise cut
-            if done:
-                whole = hasher.whole.hexdigest() if hasher.whole is not None else None
-                await self._finish(owner_id, upload_id, whole)
+                raise cut  # the chunk cannot be verified, so none of it is kept
+            raise ChunkChecksumMismatch(
+                f"the {checksum.algorithm} checksum of the {written} bytes received does "
+                "not match Upload-Checksum; they were discarded",
+                algorithm=checksum.algorithm,
+            )
+        end = offset + written
+        done = size is not None and end == size
+        if done:
+            hasher.finish()
+        await self.db.run(self._record(owner_id, upload_id, offset, end, hasher.blocks))
+        if done:
+            self._carry.pop(upload_id, None)
+        else:
+            self._keep(upload_id, _Carry(end, hasher.block, hasher.whole))
+        if cut is not None:
+            raise cut
+        if done:
+            whole = hasher.whole.hexdigest() if hasher.whole is not None else None
+            await self._finish(owner_id, upload_id, whole)
         return await self.state(owner_id, upload_id)
 
     async def _already_complete(self, owner_id: str, upload_id: str, offset: int) -> bool:
