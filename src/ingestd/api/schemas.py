@@ -82,7 +82,7 @@ class ProgressOut(BaseModel):
 class SourceOut(BaseModel):
     id: str
     filename: str | None
-    size: int
+    size: int | None  # None while a tus client defers the length
     sha256: str | None
     status: str
     reason: str | None

@@ -221,6 +221,15 @@ async def create(request: Request, caller: Caller, svc: Svc) -> Response:
     if grant is not None and length is not None and length > grant.max_size:
         raise _too_large(length, grant.max_size)
     partial = concat is not None and concat.partial
+    with_data = _has_body(request)
+    if with_data:  # creation-with-upload: refuse a bad body before anything is created
+        _check_content_type(request)
+        parse_checksum(h.get("upload-checksum"))
+        sent = parse_number(h.get("content-length"), "Content-Length")
+        if sent is not None and length is not None and sent > length:
+            raise TooLarge(
+                f"the body holds {sent} bytes; Upload-Length is {length}", remaining=length
+            )
     up = await svc.tus.create(
         caller.owner_id,
         size=length,
@@ -230,8 +239,7 @@ async def create(request: Request, caller: Caller, svc: Svc) -> Response:
         on_create=svc.tokens.claim(grant, partial=partial, size=length) if grant else None,
     )
     location = _location(request, svc, up.upload_id)
-    if _has_body(request):  # creation-with-upload
-        _check_content_type(request)
+    if with_data:
         try:
             up = await _append(request, svc, caller, up.upload_id, 0)
         except ChunkChecksumMismatch as exc:  # the upload exists: say where, to resume

@@ -118,6 +118,8 @@ async def _serve(services: Services) -> None:
         log_level=s.log_level.lower(),
         access_log=False,
         timeout_graceful_shutdown=5,
+        # X-Forwarded-* only when the operator says a proxy sets them
+        proxy_headers=s.trust_forwarded,
     )
     server = uvicorn.Server(config)
     stop = asyncio.Event()

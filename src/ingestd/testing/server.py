@@ -33,6 +33,7 @@ def running_server(services: Services, *, worker: bool = True) -> Iterator[str]:
         log_level="warning",
         access_log=False,
         lifespan="off",
+        proxy_headers=services.settings.trust_forwarded,
     )
     server = uvicorn.Server(config)
     errors: list[BaseException] = []

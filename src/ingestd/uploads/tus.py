@@ -499,8 +499,13 @@ class TusService:
                 )
             if row.source_id is not None:
                 session.get_one(Source, row.source_id).bytes_received = end
-            # the expiry slides with activity: a slow but live upload is not cut off
-            row.expires_at = max(row.expires_at, self.clock() + self.uploads.limits.ttl)
+            # the expiry slides with activity: a slow but live upload is not cut off, nor
+            # the final upload waiting for this partial one
+            slid = self.clock() + self.uploads.limits.ttl
+            row.expires_at = max(row.expires_at, slid)
+            final = session.get(UploadSession, row.info["final"]) if row.info.get("final") else None
+            if final is not None and final.status == UploadStatus.OPEN.value:
+                final.expires_at = max(final.expires_at, slid)
 
         return record
 
@@ -591,6 +596,8 @@ class TusService:
     async def terminate(self, owner_id: str, upload_id: str) -> None:
         async with self.locker.hold(upload_id, wait_s=self.lock_wait_s):
             row = await self.db.run(lambda s: self._session(s, owner_id, upload_id))
+            if row.status in (UploadStatus.CANCELLED.value, UploadStatus.EXPIRED.value):
+                raise Gone(f"upload {upload_id} is {row.status}")
             if row.info.get("final") and row.info.get("concat") == "partial":
                 raise InvalidState(
                     f"partial upload {upload_id} belongs to final upload {row.info['final']}"
