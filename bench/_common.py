@@ -321,3 +321,12 @@ class PeakRss(threading.Thread):
         self.join()
         self._sample()
         return self.peak
+
+
+def add_ingestd_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ingestd",
+        type=Path,
+        default=None,
+        help="the ingestd executable (default: next to this Python, else on PATH)",
+    )

