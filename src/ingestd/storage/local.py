@@ -24,7 +24,7 @@ from ingestd.errors import InvalidRequest, NotFound, StorageError, TooLarge
 from ingestd.storage.base import IncompleteWrite
 
 _READ_CHUNK = 1 << 20
-_WRITE_BUFFER = 4 << 20  # bytes handed to the writer thread at once
+_WRITE_BUFFER = 1 << 20  # bytes handed to the writer thread at once
 _MAX_IOV = 512  # chunks per pwritev (the kernel takes at most IOV_MAX, 1024 on Linux)
 
 
