@@ -244,7 +244,7 @@ class UploadService:
         content_length: int | None = None,
     ) -> PartInfo:
         session_row = await self._read(lambda s: self._open_session(s, owner_id, upload_id))
-        if session_row.protocol != "blocks" or session_row.size is None:
+        if session_row.protocol == "tus" or session_row.size is None:  # sequential only
             raise InvalidState(
                 f"upload {upload_id} is a {session_row.protocol} upload; send its data that way"
             )
