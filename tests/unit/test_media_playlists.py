@@ -153,3 +153,55 @@ def test_progress_math_and_throttle() -> None:
         throttle(make_progress(float(i), 10.0, 1.0))
     throttle(Progress(1.0, 10.0, 1.0, 0.0), final=True)
     assert [p.fraction for p in seen] == [0.0, 1.0]
+
+
+def _video(name: str, width: int, height: int, bandwidth: int) -> Track:
+    base = _track(name, "avc1.64001F", [90000 * 6, 90000 * 6, 90000 * 2], bandwidth)
+    return Track(
+        **{
+            **base.__dict__,
+            "timescale": 90000,
+            "sample_rate": 0,
+            "channels": 0,
+            "width": width,
+            "height": height,
+            "frame_rate": 30000 / 1001,
+        }
+    )
+
+
+def test_video_master_names_the_audio_group_and_adds_its_bandwidth(tmp_path: Path) -> None:
+    v720 = _video("v720", 1280, 720, 3_000_000)
+    v360 = Track(**{**_video("v360", 640, 360, 800_000).__dict__, "codecs": "avc1.64001E"})
+    audio = _track("aac", "mp4a.40.2", [288000, 288000, 96000], 130_000)
+    write_master_playlist([v720, v360, audio], tmp_path / "master.m3u8")
+    text = (tmp_path / "master.m3u8").read_text()
+    media = [line for line in text.splitlines() if line.startswith("#EXT-X-MEDIA:")]
+    assert media == [
+        '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="aac",DEFAULT=YES,AUTOSELECT=YES,'
+        'CHANNELS="2",URI="aac/playlist.m3u8"'
+    ]
+    variants = [line for line in text.splitlines() if line.startswith("#EXT-X-STREAM-INF:")]
+    assert variants[0] == (
+        "#EXT-X-STREAM-INF:BANDWIDTH=3130000,AVERAGE-BANDWIDTH=3128000,"
+        'CODECS="avc1.64001F,mp4a.40.2",RESOLUTION=1280x720,FRAME-RATE=29.970,AUDIO="audio"'
+    )
+    assert 'CODECS="avc1.64001E,mp4a.40.2",RESOLUTION=640x360' in variants[1]
+    assert text.splitlines()[-1] == "v360/playlist.m3u8"
+
+
+def test_video_mpd_keeps_every_rung_in_one_adaptation_set(tmp_path: Path) -> None:
+    v720 = _video("v720", 1280, 720, 3_000_000)
+    v360 = Track(**{**_video("v360", 640, 360, 800_000).__dict__, "codecs": "avc1.64001E"})
+    audio = _track("aac", "mp4a.40.2", [288000, 288000, 96000], 130_000)
+    write_mpd([v720, v360, audio], tmp_path / "manifest.mpd")
+    root = ET.parse(tmp_path / "manifest.mpd").getroot()
+    sets = root.findall("d:Period/d:AdaptationSet", NS)
+    assert [s.get("contentType") for s in sets] == ["video", "audio"]
+    video = sets[0]
+    assert (video.get("maxWidth"), video.get("maxHeight")) == ("1280", "720")
+    reps = video.findall("d:Representation", NS)
+    assert [(r.get("id"), r.get("codecs"), r.get("width"), r.get("frameRate")) for r in reps] == [
+        ("v720", "avc1.64001F", "1280", "30000/1001"),
+        ("v360", "avc1.64001E", "640", "30000/1001"),
+    ]

@@ -1,8 +1,10 @@
-"""Just enough ISO BMFF parsing to describe fragmented MP4 (CMAF) audio output exactly.
+"""Just enough ISO BMFF parsing to describe fragmented MP4 (CMAF) output exactly.
 
 The init segment gives the timescale, the sample entry (hence the RFC 6381 codecs string),
-channels, rate and the edit list's priming offset; each media segment's ``trun`` boxes give its
-exact duration. Playlists and bitrates are written from these, not from encoder settings.
+channels, rate and the edit list's priming offset for audio, or the picture size and the
+decoder configuration's profile and level for video; each media segment's ``trun`` boxes
+give its exact duration. Playlists and bitrates are written from these, not from encoder
+settings.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ class InitInfo:
     default_sample_duration: int
     priming: int  # media samples the edit list skips at the start (AAC priming, Opus pre-skip)
     bits_per_sample: int | None = None  # FLAC only
+    width: int = 0  # video sample entries only
+    height: int = 0
+    default_sample_flags: int = 0  # trex: for fragments that carry no flags of their own
+
+    @property
+    def is_video(self) -> bool:
+        return self.sample_entry in _VIDEO_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class SegmentInfo:
     duration: int  # in the timescale of the init segment
     samples: int
     size: int  # bytes of the segment file
+    starts_with_sync: bool = True  # the first sample is a sync sample (a keyframe for video)
 
 
 def _boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int, int]]:
@@ -114,10 +124,21 @@ def _mp4a_codecs(data: bytes, entry: int, entry_end: int) -> str:
 
 
 _CODECS = {"Opus": "opus", "fLaC": "fLaC", "ac-3": "ac-3", "ec-3": "ec-3", "alac": "alac"}
+_VIDEO_ENTRIES = {"avc1", "avc3", "hvc1", "hev1", "av01", "vp09"}
+_VISUAL_HEADER = 78  # VisualSampleEntry fields before its child boxes
+
+
+def _video_codecs(data: bytes, entry: int, entry_end: int, sample_entry: str) -> str:
+    """avc1.PPCCLL from avcC (profile, constraint flags, level); other codecs by name."""
+    for kind, payload, _ in _boxes(data, entry + _VISUAL_HEADER, entry_end):
+        if kind == b"avcC":
+            profile, constraints, level = data[payload + 1 : payload + 4]
+            return f"{sample_entry}.{profile:02X}{constraints:02X}{level:02X}"
+    return sample_entry
 
 
 def parse_init(path: Path) -> InitInfo:
-    """Describes the (single) audio track of a fragmented MP4 init segment."""
+    """Describes the (single) track of a fragmented MP4 init segment, audio or video."""
     data = path.read_bytes()
     mdhd = _find(data, [b"moov", b"trak", b"mdia", b"mdhd"])[0]
     version = data[mdhd]
@@ -127,9 +148,23 @@ def parse_init(path: Path) -> InitInfo:
     (_, entry_type) = struct.unpack_from(">I4s", data, stsd + 8)
     entry = stsd + 16  # payload of the first sample entry
     entry_end = _box_end(data, entry)
+    sample_entry = entry_type.decode("latin-1")
+    if sample_entry in _VIDEO_ENTRIES:
+        width, height = struct.unpack_from(">HH", data, entry + 24)
+        return InitInfo(
+            timescale=timescale,
+            sample_entry=sample_entry,
+            codecs=_video_codecs(data, entry, entry_end, sample_entry),
+            channels=0,
+            sample_rate=0,
+            default_sample_duration=_default_duration(data),
+            priming=_priming(data),
+            width=width,
+            height=height,
+            default_sample_flags=_trex(data, 20),
+        )
     channels, _bits = struct.unpack_from(">HH", data, entry + 16)
     (rate_fixed,) = struct.unpack_from(">I", data, entry + 24)
-    sample_entry = entry_type.decode("latin-1")
     codecs = (
         _mp4a_codecs(data, entry, entry_end)
         if sample_entry == "mp4a"
@@ -142,6 +177,20 @@ def parse_init(path: Path) -> InitInfo:
             if kind == b"dfLa":
                 info = parse_flac_streaminfo(b"fLaC" + data[payload + 4 : payload + 42])
                 sample_rate, channels, bits = info.sample_rate, info.channels, info.bits_per_sample
+    return InitInfo(
+        timescale=timescale,
+        sample_entry=sample_entry,
+        codecs=codecs,
+        channels=channels,
+        sample_rate=sample_rate,
+        default_sample_duration=_default_duration(data),
+        priming=_priming(data),
+        bits_per_sample=bits,
+    )
+
+
+def _priming(data: bytes) -> int:
+    """Media time the edit list skips at the start (encoder delay, B-frame reordering)."""
     priming = 0
     for elst in _find(data, [b"moov", b"trak", b"edts", b"elst"]):
         version, count = data[elst], struct.unpack_from(">I", data, elst + 4)[0]
@@ -149,19 +198,19 @@ def parse_init(path: Path) -> InitInfo:
             fmt = ">Qq" if version == 1 else ">Ii"
             _, media_time = struct.unpack_from(fmt, data, elst + 8)
             priming = max(0, media_time)
-    default_duration = 0
+    return priming
+
+
+def _default_duration(data: bytes) -> int:
+    return _trex(data, 12)
+
+
+def _trex(data: bytes, field: int) -> int:
+    """A field of the track extends box: 12 default sample duration, 20 default flags."""
+    value = 0
     for trex in _find(data, [b"moov", b"mvex", b"trex"]):
-        default_duration = struct.unpack_from(">I", data, trex + 12)[0]
-    return InitInfo(
-        timescale=timescale,
-        sample_entry=sample_entry,
-        codecs=codecs,
-        channels=channels,
-        sample_rate=sample_rate,
-        default_sample_duration=default_duration,
-        priming=priming,
-        bits_per_sample=bits,
-    )
+        value = int(struct.unpack_from(">I", data, trex + field)[0])
+    return value
 
 
 def parse_segment(path: Path, init: InitInfo) -> SegmentInfo:
@@ -169,21 +218,34 @@ def parse_segment(path: Path, init: InitInfo) -> SegmentInfo:
     data = path.read_bytes()
     duration = samples = 0
     base: int | None = None
+    first_flags: int | None = None
     for traf in _find(data, [b"moof", b"traf"]):
         traf_end = _box_end(data, traf)
         default_duration = init.default_sample_duration
+        default_flags = init.default_sample_flags
         for kind, payload, _ in _boxes(data, traf, traf_end):
             flags = int.from_bytes(data[payload + 1 : payload + 4], "big")
             if kind == b"tfhd":
                 pos = payload + 8 + (8 if flags & 0x01 else 0) + (4 if flags & 0x02 else 0)
                 if flags & 0x08:
                     default_duration = struct.unpack_from(">I", data, pos)[0]
+                pos += (4 if flags & 0x08 else 0) + (4 if flags & 0x10 else 0)
+                if flags & 0x20:
+                    default_flags = struct.unpack_from(">I", data, pos)[0]
             elif kind == b"tfdt" and base is None:
                 fmt = ">Q" if data[payload] == 1 else ">I"
                 base = struct.unpack_from(fmt, data, payload + 4)[0]
             elif kind == b"trun":
                 (count,) = struct.unpack_from(">I", data, payload + 4)
-                pos = payload + 8 + (4 if flags & 0x01 else 0) + (4 if flags & 0x04 else 0)
+                pos = payload + 8 + (4 if flags & 0x01 else 0)
+                if first_flags is None and count:
+                    first_flags = default_flags
+                    if flags & 0x04:
+                        first_flags = struct.unpack_from(">I", data, pos)[0]
+                    elif flags & 0x400:  # per-sample flags, after duration and size if present
+                        at = pos + (4 if flags & 0x100 else 0) + (4 if flags & 0x200 else 0)
+                        first_flags = struct.unpack_from(">I", data, at)[0]
+                pos += 4 if flags & 0x04 else 0
                 fields = [bit for bit in (0x100, 0x200, 0x400, 0x800) if flags & bit]
                 samples += count
                 if not flags & 0x100:
@@ -193,5 +255,10 @@ def parse_segment(path: Path, init: InitInfo) -> SegmentInfo:
                     duration += struct.unpack_from(">I", data, pos)[0]
                     pos += 4 * len(fields)
     return SegmentInfo(
-        base_decode_time=base or 0, duration=duration, samples=samples, size=len(data)
+        base_decode_time=base or 0,
+        duration=duration,
+        samples=samples,
+        size=len(data),
+        # sample_is_non_sync_sample is bit 16 of the sample flags
+        starts_with_sync=not (first_flags or 0) & 0x10000,
     )

@@ -48,6 +48,13 @@ class Track:
     playlist: str  # where the HLS media playlist goes, relative to the output directory
     media_template: str  # DASH SegmentTemplate@media naming the segments, numbered from 1
     segments: list[SegmentRef]
+    width: int = 0  # video tracks only
+    height: int = 0
+    frame_rate: float | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.width > 0
 
     def seconds(self, ticks: int) -> float:
         return round(ticks / self.timescale, 6)
@@ -107,11 +114,20 @@ def write_media_playlist(track: Track, out_dir: Path) -> None:
 
 
 def write_master_playlist(tracks: Sequence[Track], path: Path) -> None:
-    """Audio-only master: one EXT-X-STREAM-INF variant per rendition, in ladder order.
+    """The master playlist, in ladder order.
 
-    Audio-only variants carry CODECS and no RESOLUTION; players skip the codecs they lack.
+    Audio only: one EXT-X-STREAM-INF variant per rendition, with CODECS and no RESOLUTION;
+    players skip the codecs they lack. With video: one variant per video rendition with
+    RESOLUTION and FRAME-RATE, the audio renditions in one EXT-X-MEDIA group that every
+    variant names; BANDWIDTH adds the largest audio peak to the video's, AVERAGE-BANDWIDTH
+    the largest audio average, and CODECS lists both.
     """
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{HLS_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    videos = [t for t in tracks if t.is_video]
+    if videos:
+        lines += _video_variants(videos, [t for t in tracks if not t.is_video], path)
+        _write_text(path, "\n".join(lines) + "\n")
+        return
     for track in tracks:
         lines += [
             "",
@@ -120,6 +136,33 @@ def write_master_playlist(tracks: Sequence[Track], path: Path) -> None:
             _relative(track.playlist, path.name),
         ]
     _write_text(path, "\n".join(lines) + "\n")
+
+
+def _video_variants(videos: Sequence[Track], audios: Sequence[Track], path: Path) -> list[str]:
+    lines: list[str] = []
+    group = ',AUDIO="audio"' if audios else ""
+    for i, audio in enumerate(audios):
+        lines.append(
+            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="{audio.id}",'
+            f"DEFAULT={'YES' if i == 0 else 'NO'},AUTOSELECT=YES,"
+            f'CHANNELS="{audio.channels}",URI="{_relative(audio.playlist, path.name)}"'
+        )
+    audio_peak = max((a.bandwidth for a in audios), default=0)
+    audio_average = max((a.average_bandwidth for a in audios), default=0)
+    audio_codecs = sorted({a.codecs for a in audios})
+    for video in videos:
+        codecs = ",".join([video.codecs, *audio_codecs])
+        attributes = [
+            f"BANDWIDTH={video.bandwidth + audio_peak}",
+            f"AVERAGE-BANDWIDTH={video.average_bandwidth + audio_average}",
+            f'CODECS="{codecs}"',
+            f"RESOLUTION={video.width}x{video.height}",
+        ]
+        if video.frame_rate:
+            attributes.append(f"FRAME-RATE={video.frame_rate:.3f}")
+        lines += ["", "#EXT-X-STREAM-INF:" + ",".join(attributes) + group]
+        lines.append(_relative(video.playlist, path.name))
+    return lines
 
 
 def _duration(seconds: float) -> str:
@@ -144,11 +187,58 @@ def _timeline(parent: ET.Element, segments: Sequence[SegmentRef]) -> None:
 
 
 def _group(tracks: Sequence[Track]) -> list[list[Track]]:
-    """Switchable tracks (same codecs, rate and channels) share one AdaptationSet."""
+    """Switchable tracks share one AdaptationSet: every video rung (same codec family; the
+    profile and level differ by rung), audio of the same codecs, rate and channels."""
     groups: dict[tuple[str, int, int], list[Track]] = {}
     for track in tracks:
-        groups.setdefault((track.codecs, track.sample_rate, track.channels), []).append(track)
+        if track.is_video:
+            key = ("video:" + track.codecs.split(".", 1)[0], 0, 0)
+        else:
+            key = (track.codecs, track.sample_rate, track.channels)
+        groups.setdefault(key, []).append(track)
     return list(groups.values())
+
+
+def _frame_rate(rate: float) -> str:
+    """A DASH frameRate: an integer, or a ratio for NTSC rates (30000/1001)."""
+    if abs(rate - round(rate)) < 1e-3:
+        return str(round(rate))
+    for base in (24, 30, 60, 120):
+        if abs(rate - base * 1000 / 1001) < 1e-3:
+            return f"{base * 1000}/1001"
+    return f"{round(rate * 1000)}/1000"
+
+
+def _video_set(period: ET.Element, set_id: int, group: Sequence[Track]) -> ET.Element:
+    adaptation = ET.SubElement(
+        period,
+        "AdaptationSet",
+        {
+            "id": str(set_id),
+            "contentType": "video",
+            "mimeType": "video/mp4",
+            "maxWidth": str(max(t.width for t in group)),
+            "maxHeight": str(max(t.height for t in group)),
+            "segmentAlignment": "true",
+            "startWithSAP": "1",
+        },
+    )
+    return adaptation
+
+
+def _representation(adaptation: ET.Element, track: Track, attributes: dict[str, str]) -> None:
+    representation = ET.SubElement(adaptation, "Representation", attributes)
+    template = ET.SubElement(
+        representation,
+        "SegmentTemplate",
+        {
+            "timescale": str(track.timescale),
+            "initialization": track.init,
+            "media": track.media_template,
+            "startNumber": "1",
+        },
+    )
+    _timeline(template, track.segments)
 
 
 def write_mpd(tracks: Sequence[Track], path: Path) -> None:
@@ -169,6 +259,20 @@ def write_mpd(tracks: Sequence[Track], path: Path) -> None:
     period = ET.SubElement(mpd, "Period", {"id": "0", "start": "PT0S"})
     for set_id, group in enumerate(_group(tracks)):
         first = group[0]
+        if first.is_video:
+            adaptation = _video_set(period, set_id, group)
+            for track in sorted(group, key=lambda t: -t.bandwidth):
+                attributes = {
+                    "id": track.id,
+                    "bandwidth": str(track.bandwidth),
+                    "codecs": track.codecs,
+                    "width": str(track.width),
+                    "height": str(track.height),
+                }
+                if track.frame_rate:
+                    attributes["frameRate"] = _frame_rate(track.frame_rate)
+                _representation(adaptation, track, attributes)
+            continue
         adaptation = ET.SubElement(
             period,
             "AdaptationSet",
@@ -188,20 +292,7 @@ def write_mpd(tracks: Sequence[Track], path: Path) -> None:
             {"schemeIdUri": _CHANNEL_SCHEME, "value": str(first.channels)},
         )
         for track in sorted(group, key=lambda t: -t.bandwidth):
-            representation = ET.SubElement(
-                adaptation, "Representation", {"id": track.id, "bandwidth": str(track.bandwidth)}
-            )
-            template = ET.SubElement(
-                representation,
-                "SegmentTemplate",
-                {
-                    "timescale": str(track.timescale),
-                    "initialization": track.init,
-                    "media": track.media_template,
-                    "startNumber": "1",
-                },
-            )
-            _timeline(template, track.segments)
+            _representation(adaptation, track, {"id": track.id, "bandwidth": str(track.bandwidth)})
     ET.indent(mpd, space="  ")
     xml = ET.tostring(mpd, encoding="unicode", xml_declaration=False)
     _write_text(path, '<?xml version="1.0" encoding="utf-8"?>\n' + xml + "\n")
