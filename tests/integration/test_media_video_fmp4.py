@@ -6,8 +6,9 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from ingestd.media.cmaf import measure_track
 from ingestd.media.fmp4 import parse_init, parse_segment
-from ingestd.media.playlists import SegmentRef, Track, write_master_playlist, write_mpd
+from ingestd.media.playlists import write_master_playlist, write_mpd
 
 
 def encode_two_rungs(ffmpeg: str, out: Path) -> None:
@@ -36,30 +37,6 @@ def encode_two_rungs(ffmpeg: str, out: Path) -> None:
     )
 
 
-def measured(out: Path, name: str) -> Track:
-    init = parse_init(out / name / "init.mp4")
-    refs = []
-    for path in sorted((out / name).glob("seg_*.m4s")):
-        info = parse_segment(path, init)
-        refs.append(SegmentRef(f"{name}/{path.name}", info.base_decode_time, info.duration))
-    return Track(
-        id=name,
-        codecs=init.codecs,
-        bandwidth=1,
-        average_bandwidth=1,
-        sample_rate=init.sample_rate,
-        channels=init.channels,
-        timescale=init.timescale,
-        init=f"{name}/init.mp4",
-        playlist=f"{name}/playlist.m3u8",
-        media_template=f"{name}/seg_$Number%05d$.m4s",
-        segments=refs,
-        width=init.width,
-        height=init.height,
-        frame_rate=25.0 if init.is_video else None,
-    )
-
-
 def test_video_init_and_segments_are_described_exactly(tmp_path: Path, ffmpeg: str) -> None:
     encode_two_rungs(ffmpeg, tmp_path)
     big, small, audio = (parse_init(tmp_path / f"r{i}" / "init.mp4") for i in range(3))
@@ -82,7 +59,7 @@ def test_video_init_and_segments_are_described_exactly(tmp_path: Path, ffmpeg: s
 
 def test_manifests_from_measured_video_tracks(tmp_path: Path, ffmpeg: str) -> None:
     encode_two_rungs(ffmpeg, tmp_path)
-    tracks = [measured(tmp_path, f"r{i}") for i in range(3)]
+    tracks = [measure_track(f"r{i}", tmp_path / f"r{i}", frame_rate=25.0)[0] for i in range(3)]
     write_master_playlist(tracks, tmp_path / "master.m3u8")
     write_mpd(tracks, tmp_path / "manifest.mpd")
     master = (tmp_path / "master.m3u8").read_text()

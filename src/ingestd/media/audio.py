@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import shutil
 import uuid
@@ -20,11 +19,9 @@ from pathlib import Path
 
 from ingestd.errors import SourceRejected, TranscodeFailed
 from ingestd.media.archive import LosslessProof, flac_encoder_args, pcm_md5
-from ingestd.media.fmp4 import InitInfo, SegmentInfo, parse_init, parse_segment
+from ingestd.media.cmaf import SEGMENT_TEMPLATE, measure_track
 from ingestd.media.playlists import (
-    SegmentRef,
     Track,
-    peak_segment_bitrate,
     write_master_playlist,
     write_media_playlist,
     write_mpd,
@@ -43,7 +40,6 @@ __all__ = [
 
 MASTER_PLAYLIST = "master.m3u8"
 DASH_MANIFEST = "manifest.mpd"
-_SEGMENT_TEMPLATE = "seg_$Number%05d$.m4s"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _ENCODERS = {"aac": "aac", "opus": "libopus", "flac": "flac"}
 # When the source has no channel layout, assume the usual one for its channel count.
@@ -176,39 +172,6 @@ def _check_ladder(ladder: Sequence[AudioRung]) -> None:
             raise ValueError(f"{rung.name}: flac takes no bitrate, lossy codecs need one")
 
 
-def _measure(name: str, directory: Path, out_dir: Path) -> tuple[Track, InitInfo, int]:
-    """Reads the init and media segments of one rendition and derives its Track."""
-    init = parse_init(directory / "init.mp4")
-    files = sorted(directory.glob("seg_*.m4s"))
-    if not files:
-        raise TranscodeFailed(f"{name}: ffmpeg wrote no segments")
-    infos: list[SegmentInfo] = [parse_segment(f, init) for f in files]
-    refs: list[SegmentRef] = []
-    for path, info in zip(files, infos, strict=True):
-        # Presentation time: the edit list hides the encoder's priming samples.
-        start = max(0, info.base_decode_time - init.priming)
-        end = info.base_decode_time + info.duration - init.priming
-        refs.append(SegmentRef(f"{name}/{path.name}", start, end - start))
-    sizes = [info.size for info in infos]
-    seconds = [ref.duration / init.timescale for ref in refs]
-    total_bytes, total_s = sum(sizes), max(sum(seconds), 1e-9)
-    track = Track(
-        id=name,
-        codecs=init.codecs,
-        bandwidth=peak_segment_bitrate(sizes, seconds),
-        average_bandwidth=math.ceil(total_bytes * 8 / total_s),
-        sample_rate=init.sample_rate,
-        channels=init.channels,
-        timescale=init.timescale,
-        init=f"{name}/init.mp4",
-        playlist=f"{name}/playlist.m3u8",
-        media_template=f"{name}/{_SEGMENT_TEMPLATE}",
-        segments=refs,
-    )
-    size = sum(f.stat().st_size for f in [directory / "init.mp4", *files])
-    return track, init, size
-
-
 def _rendition(rung: AudioRung, track: Track, size: int) -> PackagedRendition:
     return PackagedRendition(
         name=rung.name,
@@ -236,7 +199,7 @@ def _publish(ladder: Sequence[AudioRung], staging: Path, out_dir: Path) -> list[
         if final.exists():
             shutil.rmtree(final)
         (staging / f"r{i}").rename(final)
-        track, _, size = _measure(rung.name, final, out_dir)
+        track, _, size = measure_track(rung.name, final)
         write_media_playlist(track, out_dir)
         tracks.append(track)
         renditions.append(_rendition(rung, track, size))
@@ -287,7 +250,7 @@ async def package_audio(
         *("-use_template", "1", "-use_timeline", "1", "-hls_playlist", "0"),
         *("-streaming", "0", "-write_prft", "0", "-adaptation_sets", adaptation_sets),
         *("-init_seg_name", "r$RepresentationID$/init.mp4"),
-        *("-media_seg_name", f"r$RepresentationID$/{_SEGMENT_TEMPLATE}"),
+        *("-media_seg_name", f"r$RepresentationID$/{SEGMENT_TEMPLATE}"),
         str(staging / "ffmpeg.mpd"),
     ]
     try:

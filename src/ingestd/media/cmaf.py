@@ -1,0 +1,56 @@
+"""One rendition's CMAF output, measured: what playlists and manifests are written from."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ingestd.errors import TranscodeFailed
+from ingestd.media.fmp4 import InitInfo, SegmentInfo, parse_init, parse_segment
+from ingestd.media.playlists import SegmentRef, Track, peak_segment_bitrate
+
+__all__ = ["SEGMENT_TEMPLATE", "measure_track"]
+
+SEGMENT_TEMPLATE = "seg_$Number%05d$.m4s"
+
+
+def measure_track(
+    name: str, directory: Path, *, frame_rate: float | None = None
+) -> tuple[Track, InitInfo, int]:
+    """Reads the init and media segments of one rendition and derives its Track.
+
+    Returns the track, its init segment's description and the rendition's size in bytes.
+    ``frame_rate`` is recorded for video tracks (the fragments do not carry it).
+    """
+    init = parse_init(directory / "init.mp4")
+    files = sorted(directory.glob("seg_*.m4s"))
+    if not files:
+        raise TranscodeFailed(f"{name}: ffmpeg wrote no segments")
+    infos: list[SegmentInfo] = [parse_segment(f, init) for f in files]
+    refs: list[SegmentRef] = []
+    for path, info in zip(files, infos, strict=True):
+        # Presentation time: the edit list hides the encoder's priming (or reordering) delay.
+        start = max(0, info.base_decode_time - init.priming)
+        end = info.base_decode_time + info.duration - init.priming
+        refs.append(SegmentRef(f"{name}/{path.name}", start, end - start))
+    sizes = [info.size for info in infos]
+    seconds = [ref.duration / init.timescale for ref in refs]
+    total_bytes, total_s = sum(sizes), max(sum(seconds), 1e-9)
+    track = Track(
+        id=name,
+        codecs=init.codecs,
+        bandwidth=peak_segment_bitrate(sizes, seconds),
+        average_bandwidth=math.ceil(total_bytes * 8 / total_s),
+        sample_rate=init.sample_rate,
+        channels=init.channels,
+        timescale=init.timescale,
+        init=f"{name}/init.mp4",
+        playlist=f"{name}/playlist.m3u8",
+        media_template=f"{name}/{SEGMENT_TEMPLATE}",
+        segments=refs,
+        width=init.width,
+        height=init.height,
+        frame_rate=frame_rate if init.is_video else None,
+    )
+    size = sum(f.stat().st_size for f in [directory / "init.mp4", *files])
+    return track, init, size
