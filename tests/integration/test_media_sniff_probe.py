@@ -83,3 +83,18 @@ def test_probe_flac(tc: Toolchain, tmp_path: Path) -> None:
 def test_probe_rejects_garbage(tc: Toolchain, tmp_path: Path) -> None:
     with pytest.raises(SourceRejected, match="unreadable media"):
         asyncio.run(probe(tc, make_noise_file(tmp_path / "n.wav")))
+
+
+@pytest.mark.parametrize("name", ["list.m3u8", "list.wav"])
+def test_a_playlist_pointing_at_another_local_file_is_not_followed(
+    tc: Toolchain, tmp_path: Path, name: str
+) -> None:
+    # A real, readable audio file elsewhere on the disk: only the demuxer whitelist stops it.
+    target = make_tone(tc.ffmpeg, tmp_path / "elsewhere.ts", seconds=1, codec="aac")
+    playlist = tmp_path / name
+    playlist.write_text(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n" + str(target) + "\n#EXT-X-ENDLIST\n"
+    )
+    with pytest.raises(SourceRejected, match="unreadable media"):
+        asyncio.run(probe(tc, playlist))
+    assert asyncio.run(probe(tc, target)).audio  # the file itself is fine

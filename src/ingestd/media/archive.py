@@ -13,7 +13,7 @@ from pathlib import Path
 from ingestd.errors import SourceRejected, TranscodeFailed
 from ingestd.media.headers import read_flac_streaminfo
 from ingestd.media.probe import AudioStreamInfo, probe
-from ingestd.media.process import ProgressCallback, input_args, run_ffmpeg
+from ingestd.media.process import USER_INPUT_FORMATS, ProgressCallback, input_args, run_ffmpeg
 from ingestd.media.toolchain import Toolchain
 
 __all__ = [
@@ -96,12 +96,14 @@ async def pcm_md5(
         pcm_codec = native_pcm_codec(result.audio[0])
         duration_s = duration_s or result.duration_s
     protocols = "file,crypto,data" if trusted else "file,pipe"
+    formats = None if trusted else USER_INPUT_FORMATS
     with tempfile.TemporaryDirectory(prefix="ingestd-md5-") as tmp:
         out = Path(tmp) / "pcm.md5"
         await run_ffmpeg(
             tc,
             [
-                *("-v", "error", *input_args(path, protocols=protocols), "-map", "0:a:0"),
+                *("-v", "error", *input_args(path, protocols=protocols, formats=formats)),
+                *("-map", "0:a:0"),
                 *("-c:a", pcm_codec, "-f", "hash", "-hash", "md5", str(out)),
             ],
             duration_s=duration_s,

@@ -18,6 +18,7 @@ from ingestd.errors import StepTimeout, TranscodeFailed
 from ingestd.media.toolchain import Toolchain
 
 __all__ = [
+    "USER_INPUT_FORMATS",
     "USER_INPUT_PROTOCOLS",
     "Progress",
     "ProgressCallback",
@@ -31,6 +32,12 @@ __all__ = [
 # Inputs that came from users may only be read from local files or pipes: a crafted playlist or
 # concat list must not reach the network or other local files through another protocol.
 USER_INPUT_PROTOCOLS = "file,pipe"
+# ... and only through the container demuxers of media masters: the file protocol alone would
+# let an HLS playlist or a concat list uploaded as a master read other local files.
+USER_INPUT_FORMATS = (
+    "wav,w64,flac,aiff,mp3,ogg,aac,ac3,eac3,dts,truehd,caf,"
+    "mov,matroska,mpegts,avi,mxf,flv,mpeg,asf,ivf"
+)
 STDERR_TAIL_LINES = 20
 PROGRESS_INTERVAL_S = 0.25
 _READ_CHUNK = 1 << 16
@@ -51,9 +58,17 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-def input_args(path: str | os.PathLike[str], *, protocols: str = USER_INPUT_PROTOCOLS) -> list[str]:
-    """``-protocol_whitelist file,pipe -i PATH``: put before every input that came from a user."""
-    return ["-protocol_whitelist", protocols, "-i", os.fspath(path)]
+def input_args(
+    path: str | os.PathLike[str],
+    *,
+    protocols: str = USER_INPUT_PROTOCOLS,
+    formats: str | None = USER_INPUT_FORMATS,
+) -> list[str]:
+    """``-protocol_whitelist file,pipe -format_whitelist <demuxers> -i PATH``: put before
+    every input that came from a user. ``formats=None`` is for ingestd's own outputs only
+    (an HLS playlist it wrote)."""
+    whitelist = ["-format_whitelist", formats] if formats else []
+    return ["-protocol_whitelist", protocols, *whitelist, "-i", os.fspath(path)]
 
 
 def make_progress(out_time_s: float, duration_s: float | None, speed: float | None) -> Progress:
