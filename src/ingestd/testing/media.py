@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ __all__ = [
     "make_noise_file",
     "make_text_file",
     "make_tone",
+    "make_video",
     "truncate",
     "wav_data_offset",
 ]
@@ -59,6 +61,81 @@ def make_tone(
         args += ["-bits_per_raw_sample", "24"]
     args += [*extra_args, os.fspath(path)]
     subprocess.run(args, check=True, capture_output=True)
+    return path
+
+
+_HDR_TRANSFERS = {"pq": "smpte2084", "hlg": "arib-std-b67"}
+
+
+def make_video(
+    ffmpeg: str,
+    path: Path,
+    *,
+    seconds: float = 2.0,
+    width: int = 320,
+    height: int = 180,
+    fps: float | str = 25,
+    pix_fmt: str = "yuv420p",
+    codec: str = "libx264",
+    audio_channels: int | None = 2,
+    rotate: int | None = None,
+    vfr: bool = False,
+    interlaced: bool = False,
+    hdr: str | None = None,
+    extra_args: Sequence[str] = (),
+) -> Path:
+    """Writes a ``testsrc2`` picture with a sine tone per channel (AAC; none when
+    ``audio_channels`` is None). The container follows the extension of ``path``.
+
+    ``rotate``: clockwise degrees a player turns the picture (a display matrix, added by a
+    remux since ffmpeg autorotates encoded input); ``vfr``: every third frame dropped, the
+    others keeping their times; ``interlaced``: top field first, interlaced x264 coding;
+    ``hdr``: "pq" or "hlg" colour tags with BT.2020 primaries (combine with
+    ``pix_fmt="yuv420p10le"``: the bundled x264 encodes 10-bit). Odd sizes need a pixel
+    format without chroma subsampling (``pix_fmt="yuv444p"``).
+    """
+    args = [ffmpeg, "-hide_banner", "-v", "error", "-nostdin", "-y"]
+    # testsrc2 only makes even sizes: an odd one is cropped from the next even size up.
+    source_size = f"{width + width % 2}x{height + height % 2}"
+    args += ["-f", "lavfi", "-i", f"testsrc2=s={source_size}:r={fps}:d={seconds}"]
+    if audio_channels is not None:
+        layout = CHANNEL_LAYOUTS.get(audio_channels, f"{audio_channels}c")
+        exprs = "|".join(
+            f"0.3*sin(2*PI*{_FREQS[i % len(_FREQS)]}*t)" for i in range(audio_channels)
+        )
+        args += ["-f", "lavfi", "-i", f"aevalsrc={exprs}:s=48000:d={seconds}:c={layout}"]
+    filters = []
+    if width % 2 or height % 2:
+        filters.append(f"format={pix_fmt},crop={width}:{height}:0:0")
+    if vfr:
+        filters.append("select='mod(n\\,3)'")
+    if hdr is not None:
+        filters.append(
+            f"setparams=color_trc={_HDR_TRANSFERS[hdr]}:color_primaries=bt2020:colorspace=bt2020nc"
+        )
+    if filters:
+        args += ["-vf", ",".join(filters)]
+    if vfr:
+        args += ["-fps_mode", "vfr"]
+    args += ["-c:v", codec, "-pix_fmt", pix_fmt]
+    if codec in ("libx264", "libx265"):
+        args += ["-preset", "ultrafast"]
+    if interlaced:
+        args += ["-flags", "+ilme+ildct", "-field_order", "tt"]
+    if audio_channels is not None:
+        args += ["-c:a", "aac", "-b:a", "96k"]
+    args += list(extra_args)
+    if rotate is None:
+        subprocess.run([*args, os.fspath(path)], check=True, capture_output=True)
+        return path
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / f"plain{path.suffix}"
+        subprocess.run([*args, os.fspath(plain)], check=True, capture_output=True)
+        # -display_rotation is counter-clockwise.
+        remux = [ffmpeg, "-hide_banner", "-v", "error", "-nostdin", "-y"]
+        remux += ["-display_rotation", str(-rotate), "-i", os.fspath(plain)]
+        remux += ["-map", "0", "-c", "copy", os.fspath(path)]
+        subprocess.run(remux, check=True, capture_output=True)
     return path
 
 
