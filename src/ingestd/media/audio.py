@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ingestd.errors import SourceRejected, TranscodeFailed
 from ingestd.media.archive import LosslessProof, flac_encoder_args, pcm_md5
-from ingestd.media.cmaf import SEGMENT_TEMPLATE, measure_track
+from ingestd.media.cmaf import measure_track, segmenter_args
 from ingestd.media.playlists import (
     Track,
     write_master_playlist,
@@ -246,12 +246,7 @@ async def package_audio(
         *("-map_metadata", "-1", "-map_chapters", "-1"),
         *("-filter_complex", _filtergraph(ladder, stream)),
         *_encoder_args(ladder, stream, segment_s),
-        *("-f", "dash", "-dash_segment_type", "mp4", "-seg_duration", f"{segment_s:g}"),
-        *("-use_template", "1", "-use_timeline", "1", "-hls_playlist", "0"),
-        *("-streaming", "0", "-write_prft", "0", "-adaptation_sets", adaptation_sets),
-        *("-init_seg_name", "r$RepresentationID$/init.mp4"),
-        *("-media_seg_name", f"r$RepresentationID$/{SEGMENT_TEMPLATE}"),
-        str(staging / "ffmpeg.mpd"),
+        *segmenter_args(segment_s, adaptation_sets, staging),
     ]
     try:
         await run_ffmpeg(

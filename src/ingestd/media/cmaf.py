@@ -9,9 +9,22 @@ from ingestd.errors import TranscodeFailed
 from ingestd.media.fmp4 import InitInfo, SegmentInfo, parse_init, parse_segment
 from ingestd.media.playlists import SegmentRef, Track, peak_segment_bitrate
 
-__all__ = ["SEGMENT_TEMPLATE", "measure_track"]
+__all__ = ["SEGMENT_TEMPLATE", "measure_track", "segmenter_args"]
 
 SEGMENT_TEMPLATE = "seg_$Number%05d$.m4s"
+
+
+def segmenter_args(segment_s: float, adaptation_sets: str, staging: Path) -> list[str]:
+    """ffmpeg's dash muxer as a segmenter only: fMP4 segments of ``segment_s`` into
+    ``staging/r<N>/`` (one directory per output stream); its own MPD is discarded."""
+    return [
+        *("-f", "dash", "-dash_segment_type", "mp4", "-seg_duration", f"{segment_s:g}"),
+        *("-use_template", "1", "-use_timeline", "1", "-hls_playlist", "0"),
+        *("-streaming", "0", "-write_prft", "0", "-adaptation_sets", adaptation_sets),
+        *("-init_seg_name", "r$RepresentationID$/init.mp4"),
+        *("-media_seg_name", f"r$RepresentationID$/{SEGMENT_TEMPLATE}"),
+        str(staging / "ffmpeg.mpd"),
+    ]
 
 
 def measure_track(

@@ -12,7 +12,7 @@ from ingestd.errors import SourceRejected, TranscodeFailed
 from ingestd.media.process import input_args, run_ffprobe_json
 from ingestd.media.toolchain import Toolchain
 
-__all__ = ["AudioStreamInfo", "ProbeResult", "probe"]
+__all__ = ["AudioStreamInfo", "ProbeResult", "as_float", "as_int", "probe"]
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,14 @@ class ProbeResult:
         }
 
 
-def _int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
     try:
         return int(value)
     except (TypeError, ValueError):
         return None
 
 
-def _float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -67,7 +67,7 @@ def _float(value: Any) -> float | None:
 def _bit_depth(stream: dict[str, Any]) -> int | None:
     # PCM reports bits_per_sample; FLAC/ALAC report bits_per_raw_sample. Lossy codecs have none.
     for key in ("bits_per_raw_sample", "bits_per_sample"):
-        value = _int(stream.get(key))
+        value = as_int(stream.get(key))
         if value:
             return value
     return None
@@ -75,13 +75,13 @@ def _bit_depth(stream: dict[str, Any]) -> int | None:
 
 def _audio_stream(stream: dict[str, Any]) -> AudioStreamInfo:
     return AudioStreamInfo(
-        index=_int(stream.get("index")) or 0,
+        index=as_int(stream.get("index")) or 0,
         codec=str(stream.get("codec_name", "unknown")),
-        sample_rate=_int(stream.get("sample_rate")) or 0,
-        channels=_int(stream.get("channels")) or 0,
+        sample_rate=as_int(stream.get("sample_rate")) or 0,
+        channels=as_int(stream.get("channels")) or 0,
         channel_layout=stream.get("channel_layout") or None,
         bits_per_sample=_bit_depth(stream),
-        duration_s=_float(stream.get("duration")),
+        duration_s=as_float(stream.get("duration")),
         sample_fmt=stream.get("sample_fmt") or None,
     )
 
@@ -108,12 +108,12 @@ async def probe(tc: Toolchain, path: Path) -> ProbeResult:
         if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
     ]
     durations = [a.duration_s for a in audio if a.duration_s]
-    duration = _float(fmt.get("duration")) or (max(durations) if durations else 0.0)
+    duration = as_float(fmt.get("duration")) or (max(durations) if durations else 0.0)
     return ProbeResult(
         format_name=str(fmt.get("format_name", "unknown")),
         duration_s=duration,
-        size=_int(fmt.get("size")) or await asyncio.to_thread(os.path.getsize, path) or 0,
-        bit_rate=_int(fmt.get("bit_rate")),
+        size=as_int(fmt.get("size")) or await asyncio.to_thread(os.path.getsize, path) or 0,
+        bit_rate=as_int(fmt.get("bit_rate")),
         audio=audio,
         video_streams=len(video),
         raw=raw,

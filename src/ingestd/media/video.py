@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ingestd.errors import TranscodeFailed
-from ingestd.media.cmaf import SEGMENT_TEMPLATE, measure_track
+from ingestd.media.cmaf import measure_track, segmenter_args
 from ingestd.media.playlists import (
     Track,
     write_master_playlist,
@@ -214,12 +214,7 @@ async def package_video(
         *("-filter_complex", _filtergraph(rungs)),
         *_video_args(rungs, preset),
         *audio,
-        *("-f", "dash", "-dash_segment_type", "mp4", "-seg_duration", f"{segment_s:g}"),
-        *("-use_template", "1", "-use_timeline", "1", "-hls_playlist", "0"),
-        *("-streaming", "0", "-write_prft", "0", "-adaptation_sets", sets),
-        *("-init_seg_name", "r$RepresentationID$/init.mp4"),
-        *("-media_seg_name", f"r$RepresentationID$/{SEGMENT_TEMPLATE}"),
-        str(staging / "ffmpeg.mpd"),
+        *segmenter_args(segment_s, sets, staging),
     ]
     try:
         await run_ffmpeg(

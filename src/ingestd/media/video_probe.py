@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from ingestd.errors import SourceRejected, TranscodeFailed
 from ingestd.media.ladder import display_size
-from ingestd.media.probe import AudioStreamInfo
+from ingestd.media.probe import AudioStreamInfo, as_float, as_int
 from ingestd.media.process import input_args, run_ffprobe_json
 from ingestd.media.toolchain import Toolchain
 
@@ -146,21 +146,6 @@ class VideoProbe:
         }
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _float(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number == number and number >= 0 else None  # drop NaN
-
-
 def _ratio(value: Any) -> Fraction | None:
     """ "30000/1001" or "16:9" → Fraction; "0/0", "0:1" and garbage → None."""
     if not isinstance(value, str):
@@ -238,17 +223,17 @@ def _is_vfr(timestamps: list[int], decode_limit: int | None) -> bool:
 def _video_stream(
     stream: dict[str, Any], packets: list[dict[str, Any]], format_duration: float | None
 ) -> VideoStreamInfo:
-    index = _int(stream.get("index")) or 0
-    width, height = _int(stream.get("width")) or 0, _int(stream.get("height")) or 0
+    index = as_int(stream.get("index")) or 0
+    width, height = as_int(stream.get("width")) or 0, as_int(stream.get("height")) or 0
     if width <= 0 or height <= 0:
         raise SourceRejected(f"the video stream has no picture size ({width}x{height})")
-    own = [p for p in packets if _int(p.get("stream_index")) == index]
-    pts = [v for v in (_int(p.get("pts")) for p in own) if v is not None]
-    dts = [v for v in (_int(p.get("dts")) for p in own) if v is not None]
-    frame_count = _int(stream.get("nb_frames"))
+    own = [p for p in packets if as_int(p.get("stream_index")) == index]
+    pts = [v for v in (as_int(p.get("pts")) for p in own) if v is not None]
+    dts = [v for v in (as_int(p.get("dts")) for p in own) if v is not None]
+    frame_count = as_int(stream.get("nb_frames"))
     if not own or frame_count == 0:
         raise SourceRejected(f"the video stream has no frames in its first {SCAN_S} s")
-    duration = _float(stream.get("duration"))
+    duration = as_float(stream.get("duration"))
     if duration is None:
         duration = _clock((stream.get("tags") or {}).get("DURATION"))
     if duration is None:
@@ -277,7 +262,7 @@ def _video_stream(
         fps=float(frame_rate),
         variable_frame_rate=_is_vfr(pts, max(dts) if dts else None),
         pix_fmt=pix_fmt,
-        bit_depth=bit_depth(pix_fmt, _int(stream.get("bits_per_raw_sample"))),
+        bit_depth=bit_depth(pix_fmt, as_int(stream.get("bits_per_raw_sample"))),
         color_transfer=transfer,
         color_primaries=stream.get("color_primaries") or None,
         color_space=stream.get("color_space") or None,
@@ -295,13 +280,13 @@ def _hdr(transfer: str | None) -> Hdr | None:
 
 def _audio_stream(stream: dict[str, Any]) -> AudioStreamInfo:
     return AudioStreamInfo(
-        index=_int(stream.get("index")) or 0,
+        index=as_int(stream.get("index")) or 0,
         codec=str(stream.get("codec_name", "unknown")),
-        sample_rate=_int(stream.get("sample_rate")) or 0,
-        channels=_int(stream.get("channels")) or 0,
+        sample_rate=as_int(stream.get("sample_rate")) or 0,
+        channels=as_int(stream.get("channels")) or 0,
         channel_layout=stream.get("channel_layout") or None,
         bits_per_sample=None,
-        duration_s=_float(stream.get("duration")),
+        duration_s=as_float(stream.get("duration")),
         sample_fmt=stream.get("sample_fmt") or None,
     )
 
@@ -353,7 +338,7 @@ async def probe_video(
     streams = raw.get("streams") or []
     if not streams:
         raise SourceRejected("the file has no audio or video streams")
-    format_duration = _float(fmt.get("duration"))
+    format_duration = as_float(fmt.get("duration"))
     video_streams = [
         s
         for s in streams
@@ -377,12 +362,12 @@ async def probe_video(
             f"the picture is {video.display_width}x{video.display_height}; the limit is "
             f"{max_width or 'any'}x{max_height or 'any'}"
         )
-    size = _int(fmt.get("size")) or await asyncio.to_thread(os.path.getsize, path) or 0
+    size = as_int(fmt.get("size")) or await asyncio.to_thread(os.path.getsize, path) or 0
     return VideoProbe(
         format_name=str(fmt.get("format_name", "unknown")),
         duration_s=duration,
         size=size,
-        bit_rate=_int(fmt.get("bit_rate")),
+        bit_rate=as_int(fmt.get("bit_rate")),
         video=video,
         audio=audio,
     )
