@@ -26,6 +26,7 @@ from ingestd.media import Toolchain
 from ingestd.pipeline.context import PipelineDeps, PipelineLimits
 from ingestd.pipeline.ingest import VALIDATE, ValidateStep, ingest_graph
 from ingestd.pipeline.music import MusicSteps
+from ingestd.pipeline.video import VideoSteps
 from ingestd.settings import Settings
 from ingestd.storage.local import LocalStore
 from ingestd.uploads.locks import InProcessLocker, UploadLocker
@@ -114,11 +115,13 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
             max_duration_s=settings.max_duration_s,
             step_timeout_s=settings.step_timeout_s,
             segment_s=settings.segment_s,
+            video_preset=settings.video_preset,
         ),
     )
     steps: dict[str, Step] = {
         VALIDATE: Step(ValidateStep(deps, engine), timeout_s=settings.step_timeout_s),
         **MusicSteps(deps).steps(),
+        **VideoSteps(deps).steps(),
     }
     uploads = UploadService(
         db,

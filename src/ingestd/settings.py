@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     step_timeout_s: float = 6 * 3600
     max_duration_s: float = 24 * 3600
     segment_s: float = 6.0
+    video_preset: str = "veryfast"  # x264 preset of the video ladder
 
     log_level: str = "INFO"
 

@@ -13,8 +13,9 @@ from ingestd.media.probe import ProbeResult, probe
 from ingestd.media.process import ProgressCallback, input_args, run_ffmpeg
 from ingestd.media.sniff import sniff
 from ingestd.media.toolchain import Toolchain
+from ingestd.media.video_probe import VIDEO_DEMUXERS, VideoProbe, probe_video
 
-__all__ = ["validate_audio"]
+__all__ = ["NoVideoStream", "validate_audio", "validate_video"]
 
 # "[flac @ 0x55d0c0a0] blocksize 4608 > 16" -> "flac: blocksize 4608 > 16"
 _CONTEXT = re.compile(r"^\[(?P<ctx>[^\]]*?)\s*@\s*0x[0-9a-f]+\]\s*(?P<msg>.*)$")
@@ -66,17 +67,80 @@ async def validate_audio(
             max_duration_s=max_duration_s,
         )
     decode_flags = ["-err_detect", "crccheck"] if sniffed.container == "flac" else []
-    args = ["-v", "error", "-xerror", *decode_flags, *input_args(path), "-map", "0:a"]
+    await _decode(
+        tc,
+        [*decode_flags, *input_args(path), "-map", "0:a"],
+        "audio",
+        duration_s=result.duration_s,
+        on_progress=on_progress,
+        timeout_s=timeout_s,
+        logger=logger,
+    )
+    return result
+
+
+class NoVideoStream(SourceRejected):
+    """A video container that holds no video stream (audio in MP4 or Matroska)."""
+
+
+async def validate_video(
+    tc: Toolchain,
+    path: Path,
+    *,
+    on_progress: ProgressCallback | None = None,
+    max_duration_s: float | None = None,
+    max_width: int | None = None,
+    max_height: int | None = None,
+    timeout_s: float | None = None,
+    logger: logging.Logger | None = None,
+) -> VideoProbe:
+    """Returns the probe of an acceptable video; raises ``SourceRejected`` with the reason.
+
+    The bytes must say video, ffprobe must find a video stream with frames, a frame rate and
+    a size within the limits (only video container demuxers are opened: a playlist pointing
+    elsewhere is refused unread), and every video and audio packet must decode.
+    """
+    sniffed = await asyncio.to_thread(sniff, path)
+    if sniffed.kind != "video":
+        raise SourceRejected(f"not a video file (looks like {sniffed.description})")
+    result = await probe_video(
+        tc, path, max_duration_s=max_duration_s, max_width=max_width, max_height=max_height
+    )
+    if result.video is None:
+        raise NoVideoStream("no video stream found")
+    audio = ["-map", "0:a:0"] if result.has_audio else []
+    await _decode(
+        tc,
+        [*input_args(path, formats=VIDEO_DEMUXERS), "-map", "0:v:0", *audio],
+        "video",
+        duration_s=result.duration_s,
+        on_progress=on_progress,
+        timeout_s=timeout_s,
+        logger=logger,
+    )
+    return result
+
+
+async def _decode(
+    tc: Toolchain,
+    args: list[str],
+    what: str,
+    *,
+    duration_s: float,
+    on_progress: ProgressCallback | None,
+    timeout_s: float | None,
+    logger: logging.Logger | None,
+) -> None:
+    """A full decode that stops at the first error: ``SourceRejected("corrupt <what>: ...")``."""
     try:
         await run_ffmpeg(
             tc,
-            [*args, "-f", "null", "-"],
-            duration_s=result.duration_s,
+            ["-v", "error", "-xerror", *args, "-f", "null", "-"],
+            duration_s=duration_s,
             on_progress=on_progress,
             timeout_s=timeout_s,
             logger=logger,
         )
     except TranscodeFailed as exc:
         tail = str(exc.details.get("stderr", "")).splitlines()
-        raise SourceRejected(f"corrupt audio: {_first_error(tail)}") from exc
-    return result
+        raise SourceRejected(f"corrupt {what}: {_first_error(tail)}") from exc

@@ -25,6 +25,9 @@ class PipelineLimits:
     step_timeout_s: float | None = 6 * 3600
     segment_s: float = 6.0
     waveform_points: int = 1000
+    max_width: int | None = 7680  # video display size, either orientation
+    max_height: int | None = 4320
+    video_preset: str = "veryfast"  # x264 preset of the ladder
 
 
 @dataclass(frozen=True)

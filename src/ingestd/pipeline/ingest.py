@@ -14,8 +14,11 @@ from ingestd.jobs.engine import JobEngine, emit, set_asset_status
 from ingestd.jobs.graph import Graph, StepSpec
 from ingestd.jobs.worker import Outcome, StepContext
 from ingestd.media import sniff, validate_audio
+from ingestd.media.validate import NoVideoStream, validate_video
+from ingestd.media.video_probe import VideoProbe
 from ingestd.pipeline.context import PipelineDeps, current_source, progress_to
 from ingestd.pipeline.music import music_graph
+from ingestd.pipeline.video import video_graph
 
 VALIDATE = "validate"
 
@@ -55,27 +58,46 @@ class ValidateStep:
 
         await ctx.write(start)
         allowed = await ctx.read(allowed_kinds(ref.source_id))
+        limits = self.deps.limits
         try:
             async with self.deps.store.local_path(ref.master_key) as path:
                 sniffed = sniff(path)
-                if allowed is not None and sniffed.kind not in allowed:
+                video: VideoProbe | None = None
+                if sniffed.kind == "video":
+                    try:
+                        video = await validate_video(
+                            self.deps.toolchain,
+                            path,
+                            on_progress=progress_to(ctx),
+                            max_duration_s=limits.max_duration_s,
+                            max_width=limits.max_width,
+                            max_height=limits.max_height,
+                        )
+                    except NoVideoStream:
+                        video = None  # an MP4 or Matroska file holding only audio
+                kind = "video" if video is not None else sniffed.kind
+                if allowed is not None and kind not in allowed:
                     raise SourceRejected(
                         f"the file is {sniffed.description}; the upload token that created "
                         f"this upload allows only {', '.join(allowed)}"
                     )
-                # validate_audio refuses anything that is not audio, saying what it looks like
-                probe = await validate_audio(
-                    self.deps.toolchain,
-                    path,
-                    on_progress=progress_to(ctx),
-                    max_duration_s=self.deps.limits.max_duration_s,
-                )
+                if video is None:
+                    # validate_audio refuses anything that is not audio, saying what it looks like
+                    probe = await validate_audio(
+                        self.deps.toolchain,
+                        path,
+                        on_progress=progress_to(ctx),
+                        max_duration_s=limits.max_duration_s,
+                    )
         except SourceRejected as exc:
             await self._reject(ctx, ref.source_id, ref.master_key, exc.message)
             raise
 
-        summary = probe.to_dict()
-        graph = music_graph(ref.sha256, sniffed.container)
+        if video is not None:
+            kind, summary, graph = "video", video.to_dict(), video_graph(ref.sha256)
+        else:
+            kind, summary = "audio", probe.to_dict()
+            graph = music_graph(ref.sha256, sniffed.container)
 
         def finish(session: Session) -> None:
             source = session.get_one(Source, ref.source_id)
@@ -83,10 +105,11 @@ class ValidateStep:
                 SourceStatus(source.status), SourceStatus.INGESTED
             ).value
             asset = session.get_one(Asset, ref.asset_id)
-            asset.kind = "audio"
+            asset.kind = kind
             asset.meta = {
                 **asset.meta,
                 "probe": summary,
+                **({"video": summary} if kind == "video" else {}),
                 "container": sniffed.container,
                 "mime": sniffed.mime,
             }

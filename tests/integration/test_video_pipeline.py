@@ -1,0 +1,87 @@
+"""A video master through the service: ladder, previews, renditions; bad videos refused."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ingestd.testing.media import corrupt_bytes, make_video
+
+from .test_music_pipeline import upload_and_wait
+
+
+def rendition(asset: dict[str, object], name: str) -> dict[str, object]:
+    by_name = {r["name"]: r for r in asset["renditions"]}  # type: ignore[attr-defined]
+    return by_name[name]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_video_becomes_a_ladder_with_previews(
+    api: httpx.Client, ffmpeg: str, tmp_path: Path
+) -> None:
+    src = make_video(ffmpeg, tmp_path / "clip.mp4", seconds=4, width=640, height=360, fps=25)
+    asset = upload_and_wait(api, src)
+    assert asset["status"] == "ready", asset.get("error")
+    assert asset["kind"] == "video"
+    assert asset["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    video = asset["metadata"]["video"]["video"]
+    assert (video["display_width"], video["display_height"], video["fps"]) == (640, 360, 25.0)
+
+    names = {r["name"] for r in asset["renditions"]}
+    # never upscaled: 360p is the top rung; 234p below it; audio once
+    assert {"hls", "dash", "360p", "234p", "audio", "poster", "storyboard"} <= names
+    top, low = rendition(asset, "360p"), rendition(asset, "234p")
+    assert (top["width"], top["height"]) == (640, 360)
+    assert low["height"] == 234 and low["width"] % 2 == 0
+    assert str(top["codec"]).startswith("avc1.64")  # H.264 High
+
+    master = httpx.get(str(rendition(asset, "hls")["url"]), timeout=10)
+    assert master.status_code == 200
+    assert "RESOLUTION=640x360" in master.text and 'AUDIO="audio"' in master.text
+    mpd = httpx.get(str(rendition(asset, "dash")["url"]), timeout=10)
+    assert mpd.status_code == 200 and 'contentType="video"' in mpd.text
+    poster = httpx.get(str(rendition(asset, "poster")["url"]), timeout=10)
+    assert poster.headers["content-type"] == "image/jpeg"
+    vtt = httpx.get(str(rendition(asset, "storyboard")["url"]), timeout=10).text
+    assert vtt.startswith("WEBVTT") and "#xywh=" in vtt
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_video_without_audio_and_in_portrait_still_packages(
+    api: httpx.Client, ffmpeg: str, tmp_path: Path
+) -> None:
+    src = make_video(
+        ffmpeg, tmp_path / "tall.mp4", seconds=3, width=180, height=320, audio_channels=None
+    )
+    asset = upload_and_wait(api, src)
+    assert asset["status"] == "ready", asset.get("error")
+    names = {r["name"] for r in asset["renditions"]}
+    assert "audio" not in names
+    rungs = [r for r in asset["renditions"] if r["kind"] == "video"]
+    assert [(r["width"], r["height"]) for r in rungs] == [(180, 320)]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_video_with_a_corrupted_middle_is_rejected(
+    api: httpx.Client, ffmpeg: str, tmp_path: Path
+) -> None:
+    src = make_video(ffmpeg, tmp_path / "broken.mkv", seconds=4, width=320, height=180)
+    corrupt_bytes(src, 0.5, 8192)
+    asset = upload_and_wait(api, src)
+    assert asset["status"] == "failed"
+    assert "corrupt video" in str(asset["error"])
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "http://127.0.0.1:9/x.ts"])
+def test_a_playlist_uploaded_as_a_master_is_refused_unread(
+    api: httpx.Client, tmp_path: Path, target: str
+) -> None:
+    playlist = tmp_path / "master.m3u8"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{target}\n")
+    asset = upload_and_wait(api, playlist)
+    assert asset["status"] == "failed"
+    assert "root:" not in str(asset["error"])
