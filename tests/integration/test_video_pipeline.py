@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from ingestd.testing.media import corrupt_bytes, make_video
+from ingestd.uploads.blocks import content_digest
 
 from .test_music_pipeline import upload_and_wait
+
+
+def upload(api: httpx.Client, path: Path) -> str:
+    """Upload ``path`` in one block and complete it; returns the asset id (not waiting)."""
+    data = path.read_bytes()
+    created = api.post(
+        "/v1/uploads", json={"filename": path.name, "size": len(data), "block_size": len(data)}
+    )
+    created.raise_for_status()
+    up = created.json()
+    api.put(
+        f"/v1/uploads/{up['upload_id']}/blocks/0",
+        content=data,
+        headers={"Content-Digest": content_digest(hashlib.sha256(data).hexdigest())},
+    ).raise_for_status()
+    assert api.post(f"/v1/uploads/{up['upload_id']}/complete").status_code == 202
+    return str(up["asset_id"])
 
 
 def rendition(asset: dict[str, object], name: str) -> dict[str, object]:
@@ -85,3 +105,39 @@ def test_a_playlist_uploaded_as_a_master_is_refused_unread(
     asset = upload_and_wait(api, playlist)
     assert asset["status"] == "failed"
     assert "root:" not in str(asset["error"])
+
+
+def ffmpeg_children() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if "ffmpeg" in p.name()]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_cancelling_an_asset_stops_its_ffmpeg(
+    api: httpx.Client, ffmpeg: str, tmp_path: Path
+) -> None:
+    # long enough that the ladder would still be encoding well after the deadline below
+    src = make_video(ffmpeg, tmp_path / "long.mp4", seconds=30, width=1280, height=720)
+    asset_id = upload(api, src)
+    deadline = time.monotonic() + 60
+    while True:  # until the ladder's ffmpeg is running
+        steps = {
+            s["step"]: s for s in api.get(f"/v1/assets/{asset_id}").json()["progress"]["steps"]
+        }
+        ladder = steps.get("video_ladder", {})
+        if ladder.get("state") == "running" and ffmpeg_children():
+            break
+        assert time.monotonic() < deadline, steps
+        time.sleep(0.1)
+    cancelled = api.post(f"/v1/assets/{asset_id}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "failed"
+    assert "cancelled" in cancelled.json()["error"]
+    deadline = time.monotonic() + 10
+    while ffmpeg_children():  # the lease is lost at the next heartbeat; ffmpeg is killed
+        assert time.monotonic() < deadline, "ffmpeg still running after the cancel"
+        time.sleep(0.2)
+    final = api.get(f"/v1/assets/{asset_id}").json()
+    assert final["status"] == "failed"
+    assert "video_ladder" not in {r["name"] for r in final["renditions"]}
+    again = api.post(f"/v1/assets/{asset_id}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"

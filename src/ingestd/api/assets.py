@@ -147,6 +147,16 @@ async def list_events(
     }
 
 
+@router.post("/v1/assets/{asset_id}/cancel", response_model=AssetOut)
+async def cancel_processing(
+    asset_id: str, request: Request, owner: OwnerId, svc: Svc
+) -> dict[str, Any]:
+    """Stop an asset's processing: its running ffmpeg stops within a heartbeat."""
+    await anyio.to_thread.run_sync(svc.engine.cancel_processing, owner, asset_id)
+    view = await anyio.to_thread.run_sync(_queries(svc).get, owner, asset_id)
+    return asset_json(view, svc.signer, base_url(request, svc))
+
+
 @router.get("/v1/assets/{asset_id}/master")
 async def get_master(asset_id: str, owner: OwnerId, svc: Svc) -> StreamingResponse:
     source = await anyio.to_thread.run_sync(_queries(svc).master, owner, asset_id)

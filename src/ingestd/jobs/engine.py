@@ -29,7 +29,7 @@ from ingestd.domain.states import (
     can_transition,
     check_transition,
 )
-from ingestd.errors import LeaseLost
+from ingestd.errors import InvalidState, LeaseLost, NotFound
 from ingestd.jobs.graph import Graph, is_ready
 
 Hook = Callable[[Session], None]
@@ -361,6 +361,21 @@ class JobEngine:
             )
         )
         return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def cancel_processing(self, owner_id: str, asset_id: str) -> int:
+        """The owner stops an asset's processing: active orders are cancelled (a running
+        step loses its lease at its next heartbeat, which stops its ffmpeg) and the asset
+        fails with the reason. Returns how many orders were cancelled."""
+        with self.db.transaction() as session:
+            asset = session.get(Asset, asset_id, with_for_update=True)
+            if asset is None or asset.owner_id != owner_id:
+                raise NotFound(f"asset {asset_id} not found")
+            if AssetStatus(asset.status) not in (AssetStatus.INGESTING, AssetStatus.PROCESSING):
+                raise InvalidState(f"asset {asset_id} is {asset.status}; nothing to cancel")
+            cancelled = self.cancel_asset(session, asset_id)
+            self._fail_asset(session, asset, "processing cancelled by the owner")
+            emit(session, owner_id, asset_id, "asset.cancelled", orders=cancelled)
+            return cancelled
 
     # -- internals --------------------------------------------------------------------
 
