@@ -18,11 +18,12 @@ from ingestd.auth.tokens import UploadTokens
 from ingestd.db.engine import Database
 from ingestd.db.migrate import upgrade
 from ingestd.defaults import LOCAL_KEY_FILE, LOCAL_OWNER
-from ingestd.errors import IngestdError
+from ingestd.errors import ConfigError, IngestdError
 from ingestd.jobs.dispatch import Dispatcher, InProcessDispatcher
 from ingestd.jobs.engine import Backoff, JobEngine
 from ingestd.jobs.worker import Step, Worker
 from ingestd.media import Toolchain
+from ingestd.media.ladder import Profile, load_profiles
 from ingestd.pipeline.context import PipelineDeps, PipelineLimits
 from ingestd.pipeline.ingest import VALIDATE, ValidateStep, ingest_graph
 from ingestd.pipeline.music import MusicSteps
@@ -48,6 +49,7 @@ class Services:
     signer: UrlSigner
     toolchain: Toolchain
     steps: dict[str, Step]
+    profiles: dict[str, Profile]
     public_url: str | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("ingestd"))
 
@@ -99,6 +101,10 @@ def load_secret(settings: Settings) -> bytes:
 
 
 def build(settings: Settings, *, migrate: bool = True) -> Services:
+    try:
+        profiles = load_profiles(settings.profiles_file)
+    except ValueError as exc:
+        raise ConfigError(f"INGESTD_PROFILES_FILE: {exc}") from exc
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
     if migrate:
@@ -119,9 +125,9 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
         ),
     )
     steps: dict[str, Step] = {
-        VALIDATE: Step(ValidateStep(deps, engine), timeout_s=settings.step_timeout_s),
+        VALIDATE: Step(ValidateStep(deps, engine, profiles), timeout_s=settings.step_timeout_s),
         **MusicSteps(deps).steps(),
-        **VideoSteps(deps).steps(),
+        **VideoSteps(deps, profiles).steps(),
     }
     uploads = UploadService(
         db,
@@ -150,6 +156,7 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
         signer=UrlSigner(load_secret(settings), ttl_s=settings.url_ttl_s),
         toolchain=toolchain,
         steps=steps,
+        profiles=profiles,
         public_url=settings.public_url,
     )
 

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     max_duration_s: float = 24 * 3600
     segment_s: float = 6.0
     video_preset: str = "veryfast"  # x264 preset of the video ladder
+    profiles_file: Path | None = None  # JSON ladder profiles beside the built-in "default"
 
     log_level: str = "INFO"
 

@@ -3,17 +3,43 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from ingestd.bootstrap import Services, build
+from ingestd.settings import Settings
 from ingestd.testing.media import corrupt_bytes, make_video
-from ingestd.uploads.blocks import content_digest
+from ingestd.uploads.blocks import MIN_BLOCK_SIZE, content_digest
 
 from .test_music_pipeline import upload_and_wait
+
+TINY = {"name": "tiny", "rungs": [{"name": "144p", "height": 144, "video_bitrate": 120_000}]}
+
+
+@pytest.fixture
+def services(tmp_path: Path, db_url: str) -> Iterator[Services]:
+    """The integration services, with one more ladder profile defined in a file."""
+    profiles = tmp_path / "profiles.json"
+    profiles.write_text(json.dumps({"profiles": [TINY]}))
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        block_size=MIN_BLOCK_SIZE,
+        max_upload_size=64 << 20,
+        poll_s=0.2,
+        heartbeat_s=1.0,
+        retry_base_s=0.1,
+        profiles_file=profiles,
+    )
+    svc = build(settings)
+    yield svc
+    svc.close()
 
 
 def upload(api: httpx.Client, path: Path) -> str:
@@ -141,3 +167,32 @@ def test_cancelling_an_asset_stops_its_ffmpeg(
     assert "video_ladder" not in {r["name"] for r in final["renditions"]}
     again = api.post(f"/v1/assets/{asset_id}/cancel")
     assert again.status_code == 409 and again.json()["error"]["code"] == "invalid_state"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_an_asset_names_its_ladder_profile(api: httpx.Client, ffmpeg: str, tmp_path: Path) -> None:
+    assert {p["name"] for p in api.get("/v1/profiles").json()["items"]} == {"default", "tiny"}
+    src = make_video(ffmpeg, tmp_path / "clip.mp4", seconds=2, width=640, height=360)
+    data = src.read_bytes()
+    unknown = api.post("/v1/uploads", json={"size": len(data), "asset": {"profile": "huge"}})
+    assert unknown.status_code == 400 and "unknown profile" in unknown.text
+    created = api.post(
+        "/v1/uploads",
+        json={"size": len(data), "block_size": len(data), "asset": {"profile": "tiny"}},
+    ).json()
+    api.put(
+        f"/v1/uploads/{created['upload_id']}/blocks/0",
+        content=data,
+        headers={"Content-Digest": content_digest(hashlib.sha256(data).hexdigest())},
+    ).raise_for_status()
+    api.post(f"/v1/uploads/{created['upload_id']}/complete").raise_for_status()
+    deadline = time.monotonic() + 60
+    while (asset := api.get(f"/v1/assets/{created['asset_id']}").json())["status"] not in (
+        "ready",
+        "failed",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert asset["status"] == "ready", asset["error"]
+    rungs = [r for r in asset["renditions"] if r["kind"] == "video"]
+    assert [(r["name"], r["height"], r["profile"]) for r in rungs] == [("144p", 144, "tiny")]

@@ -92,6 +92,7 @@ def asset_json(view: AssetView, signer: UrlSigner, base: str) -> dict[str, Any]:
             {
                 "name": r.name,
                 "kind": r.kind,
+                "profile": r.profile,
                 "url": base + signer.sign(r.storage_key),
                 "size": r.size,
                 "codec": r.codec,
@@ -145,6 +146,12 @@ async def list_events(
             for e in events
         ]
     }
+
+
+@router.get("/v1/profiles")
+async def list_profiles(owner: OwnerId, svc: Svc) -> dict[str, Any]:
+    """The ladder profiles an asset may name (``asset.profile``, or tus metadata ``profile``)."""
+    return {"items": [p.to_dict() for p in svc.profiles.values()]}
 
 
 @router.post("/v1/assets/{asset_id}/cancel", response_model=AssetOut)

@@ -91,6 +91,7 @@ class SourceOut(BaseModel):
 class RenditionOut(BaseModel):
     name: str
     kind: str
+    profile: str | None  # the ladder profile (video) or rung (audio) it was made with
     url: str
     size: int | None
     codec: str | None

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingestd.api.deps import Svc, base_url, bearer, services
 from ingestd.api.errors import error_body, status_for
+from ingestd.api.uploads import known_profile
 from ingestd.auth.tokens import Grant, is_upload_token
 from ingestd.errors import (
     ChunkChecksumMismatch,
@@ -186,6 +187,7 @@ async def options(svc: Svc) -> Response:
 async def create(request: Request, caller: Caller, svc: Svc) -> Response:
     h = request.headers
     metadata = parse_metadata(h.get("upload-metadata"))
+    known_profile(svc, metadata.text("profile"))
     concat = parse_concat(h.get("upload-concat"))
     length = parse_number(h.get("upload-length"), "Upload-Length")
     defer = h.get("upload-defer-length")

@@ -20,6 +20,7 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=ERRORS)
 class AssetFields(BaseModel):
     title: str | None = Field(default=None, max_length=500)
     description: str | None = Field(default=None, max_length=20000)
+    profile: str | None = Field(default=None, max_length=100, description="a ladder profile")
 
 
 class CreateUpload(BaseModel):
@@ -30,6 +31,15 @@ class CreateUpload(BaseModel):
     sha256: str | None = None
     content_type: str | None = Field(default=None, max_length=200)
     asset: AssetFields | None = None
+
+
+def known_profile(svc: Svc, name: str | None) -> str | None:
+    if name is not None and name not in svc.profiles:
+        raise InvalidRequest(
+            f"unknown profile {name!r}; known: {', '.join(sorted(svc.profiles))}",
+            profiles=sorted(svc.profiles),
+        )
+    return name
 
 
 def upload_json(info: UploadInfo) -> dict[str, Any]:
@@ -71,6 +81,7 @@ async def create_upload(body: CreateUpload, owner: OwnerId, svc: Svc) -> dict[st
             title=body.asset.title if body.asset else None,
             description=body.asset.description if body.asset else None,
             content_type=body.content_type,
+            profile=known_profile(svc, body.asset.profile if body.asset else None),
         ),
     )
     return upload_json(info)

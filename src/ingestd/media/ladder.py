@@ -18,10 +18,13 @@ number of GOPs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -321,3 +324,28 @@ def profile_from_dict(data: Any) -> Profile:
         if key in data:
             options[key] = float(_number(data, key, where))
     return Profile(name=name, rungs=rungs, **options)
+
+
+def load_profiles(path: Path | None) -> dict[str, Profile]:
+    """The profiles an operator defined in a JSON file (``{"profiles": [...]}`` or a list),
+    with ``default`` (DEFAULT_PROFILE) unless the file redefines it. Raises ``ValueError``."""
+    profiles = {DEFAULT_PROFILE.name: DEFAULT_PROFILE}
+    if path is None:
+        return profiles
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read profiles from {path}: {exc}") from exc
+    items = data.get("profiles") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ValueError(f"{path}: expected a list of profiles or {{'profiles': [...]}}")
+    for item in items:
+        profile = profile_from_dict(item)
+        profiles[profile.name] = profile
+    return profiles
+
+
+def profile_key(profile: Profile) -> str:
+    """A short hash of a profile's definition: a changed profile re-runs the ladder."""
+    text = json.dumps(profile.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -14,11 +14,12 @@ from ingestd.jobs.engine import JobEngine, emit, set_asset_status
 from ingestd.jobs.graph import Graph, StepSpec
 from ingestd.jobs.worker import Outcome, StepContext
 from ingestd.media import sniff, validate_audio
+from ingestd.media.ladder import Profile
 from ingestd.media.validate import NoVideoStream, validate_video
 from ingestd.media.video_probe import VideoProbe
 from ingestd.pipeline.context import PipelineDeps, current_source, progress_to
 from ingestd.pipeline.music import music_graph
-from ingestd.pipeline.video import video_graph
+from ingestd.pipeline.video import asset_profile, video_graph
 
 VALIDATE = "validate"
 
@@ -42,9 +43,12 @@ def allowed_kinds(source_id: str) -> Callable[[Session], list[str] | None]:
 
 
 class ValidateStep:
-    def __init__(self, deps: PipelineDeps, engine: JobEngine) -> None:
+    def __init__(
+        self, deps: PipelineDeps, engine: JobEngine, profiles: Mapping[str, Profile]
+    ) -> None:
         self.deps = deps
         self.engine = engine
+        self.profiles = profiles
 
     async def __call__(self, ctx: StepContext) -> Outcome:
         ref = await ctx.read(current_source(ctx.claim.asset_id))
@@ -94,7 +98,8 @@ class ValidateStep:
             raise
 
         if video is not None:
-            kind, summary, graph = "video", video.to_dict(), video_graph(ref.sha256)
+            profile = await ctx.read(lambda s: asset_profile(s, ref.asset_id, self.profiles))
+            kind, summary, graph = "video", video.to_dict(), video_graph(ref.sha256, profile)
         else:
             kind, summary = "audio", probe.to_dict()
             graph = music_graph(ref.sha256, sniffed.container)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 from ingestd.db.models import Asset
 from ingestd.jobs.graph import Graph, StepSpec
 from ingestd.jobs.worker import Outcome, Step, StepContext
-from ingestd.media.ladder import DEFAULT_PROFILE, Profile, plan_ladder
+from ingestd.media.ladder import DEFAULT_PROFILE, Profile, plan_ladder, profile_key
 from ingestd.media.previews import make_poster, make_preview_clip, make_storyboard
 from ingestd.media.video import package_video
 from ingestd.pipeline.context import (
@@ -27,18 +28,26 @@ STEP_VERSION = "1"
 LADDER, POSTER, STORYBOARD, PREVIEW = "video_ladder", "poster", "storyboard", "preview_clip"
 
 
-def video_graph(sha256: str) -> Graph:
+def video_graph(sha256: str, profile: Profile = DEFAULT_PROFILE) -> Graph:
     def key(step: str) -> str:
         return f"{sha256}:{step}:{STEP_VERSION}"
 
+    # the ladder re-runs when the asset's profile, or its definition, changes
+    ladder_key = f"{key(LADDER)}:{profile.name}:{profile_key(profile)}"
     return Graph(
         (
-            StepSpec(LADDER, queue="encode", weight=8.0, content_key=key(LADDER)),
+            StepSpec(LADDER, queue="encode", weight=8.0, content_key=ladder_key),
             StepSpec(POSTER, queue="default", weight=1.0, content_key=key(POSTER)),
             StepSpec(STORYBOARD, queue="default", weight=1.0, content_key=key(STORYBOARD)),
             StepSpec(PREVIEW, queue="default", weight=1.0, content_key=key(PREVIEW)),
         )
     )
+
+
+def asset_profile(session: Session, asset_id: str, profiles: Mapping[str, Profile]) -> Profile:
+    """The profile the asset names (a profile since removed falls back to the default)."""
+    name = session.get_one(Asset, asset_id).meta.get("profile")
+    return profiles.get(name or DEFAULT_PROFILE.name) or profiles[DEFAULT_PROFILE.name]
 
 
 def _video_meta(session: Session, asset_id: str) -> dict[str, Any]:
@@ -47,9 +56,9 @@ def _video_meta(session: Session, asset_id: str) -> dict[str, Any]:
 
 
 class VideoSteps:
-    def __init__(self, deps: PipelineDeps, profile: Profile = DEFAULT_PROFILE) -> None:
+    def __init__(self, deps: PipelineDeps, profiles: Mapping[str, Profile]) -> None:
         self.deps = deps
-        self.profile = profile
+        self.profiles = profiles
 
     def steps(self) -> dict[str, Step]:
         timeout = self.deps.limits.step_timeout_s
@@ -67,9 +76,10 @@ class VideoSteps:
 
     async def ladder(self, ctx: StepContext) -> Outcome:
         ref, probe = await self._source(ctx)
+        profile = await ctx.read(lambda s: asset_profile(s, ref.asset_id, self.profiles))
         video = probe["video"]
         rungs = plan_ladder(
-            self.profile,
+            profile,
             display_width=video["display_width"],
             display_height=video["display_height"],
             fps=video["fps"],
@@ -83,8 +93,8 @@ class VideoSteps:
                 out,
                 rungs,
                 with_audio=probe["has_audio"],
-                audio_bitrate=self.profile.audio_bitrate,
-                segment_s=self.profile.segment_s,
+                audio_bitrate=profile.audio_bitrate,
+                segment_s=profile.segment_s,
                 duration_s=probe["duration_s"],
                 preset=self.deps.limits.video_preset,
                 on_progress=progress_to(ctx),
@@ -97,7 +107,7 @@ class VideoSteps:
             {
                 "name": name,
                 "kind": name,
-                "profile": self.profile.name,
+                "profile": profile.name,
                 "storage_key": f"{prefix}/{manifest}",
                 "size": total,
                 "duration_s": duration,
@@ -109,7 +119,7 @@ class VideoSteps:
                 {
                     "name": r.name,
                     "kind": r.kind,
-                    "profile": self.profile.name,
+                    "profile": profile.name,
                     "storage_key": f"{prefix}/{r.playlist}",
                     "size": r.size,
                     "codec": r.codecs,

@@ -70,6 +70,7 @@ class NewUpload:
     protocol: str = "blocks"
     # a tus partial upload: a piece of a later final upload, with no asset of its own
     partial: bool = False
+    profile: str | None = None  # the ladder profile the asset asks for
     info: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -200,7 +201,7 @@ class UploadService:
                 title=req.title or filename,
                 description=req.description,
                 status=AssetStatus.CREATED.value,
-                meta={},
+                meta={"profile": req.profile} if req.profile else {},
             )
             source = Source(
                 id=new_id("src"),

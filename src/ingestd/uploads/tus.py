@@ -136,6 +136,7 @@ def _new_upload(
         content_type=metadata.filetype,
         protocol=PROTOCOL,
         partial=partial,
+        profile=metadata.text("profile"),
         info={**info, "metadata": metadata.raw},
     )
 
