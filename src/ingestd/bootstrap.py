@@ -122,6 +122,7 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
             step_timeout_s=settings.step_timeout_s,
             segment_s=settings.segment_s,
             video_preset=settings.video_preset,
+            per_rung=settings.video_ladder_mode == "per_rung",
         ),
     )
     steps: dict[str, Step] = {

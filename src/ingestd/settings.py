@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,9 @@ class Settings(BaseSettings):
     max_duration_s: float = 24 * 3600
     segment_s: float = 6.0
     video_preset: str = "veryfast"  # x264 preset of the video ladder
+    # "single": every rung in one ffmpeg process (cheapest); "per_rung": one work order per
+    # rung, so rungs spread over workers and one failed rung can be retried alone
+    video_ladder_mode: Literal["single", "per_rung"] = "single"
     profiles_file: Path | None = None  # JSON ladder profiles beside the built-in "default"
 
     log_level: str = "INFO"

@@ -7,12 +7,17 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
+from sqlalchemy import select
 
 from ingestd.bootstrap import Services, build
+from ingestd.db.models import WorkOrder
+from ingestd.errors import TranscodeFailed
+from ingestd.pipeline import video as video_pipeline
 from ingestd.settings import Settings
 from ingestd.testing.media import corrupt_bytes, make_video
 from ingestd.uploads.blocks import MIN_BLOCK_SIZE, content_digest
@@ -23,8 +28,9 @@ TINY = {"name": "tiny", "rungs": [{"name": "144p", "height": 144, "video_bitrate
 
 
 @pytest.fixture
-def services(tmp_path: Path, db_url: str) -> Iterator[Services]:
-    """The integration services, with one more ladder profile defined in a file."""
+def services(request: pytest.FixtureRequest, tmp_path: Path, db_url: str) -> Iterator[Services]:
+    """The integration services, with one more ladder profile defined in a file; the ladder
+    mode is the test's indirect parameter (default "single")."""
     profiles = tmp_path / "profiles.json"
     profiles.write_text(json.dumps({"profiles": [TINY]}))
     settings = Settings(
@@ -36,6 +42,7 @@ def services(tmp_path: Path, db_url: str) -> Iterator[Services]:
         heartbeat_s=1.0,
         retry_base_s=0.1,
         profiles_file=profiles,
+        video_ladder_mode=getattr(request, "param", "single"),
     )
     svc = build(settings)
     yield svc
@@ -196,3 +203,77 @@ def test_an_asset_names_its_ladder_profile(api: httpx.Client, ffmpeg: str, tmp_p
     assert asset["status"] == "ready", asset["error"]
     rungs = [r for r in asset["renditions"] if r["kind"] == "video"]
     assert [(r["name"], r["height"], r["profile"]) for r in rungs] == [("144p", 144, "tiny")]
+
+
+def steps_run(services: Services, asset_id: str) -> list[str]:
+    with services.db.transaction() as session:
+        return list(
+            session.scalars(
+                select(WorkOrder.step)
+                .where(WorkOrder.asset_id == asset_id, WorkOrder.state == "succeeded")
+                .order_by(WorkOrder.step)
+            )
+        )
+
+
+def wait_settled(api: httpx.Client, asset_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 90
+    while (asset := api.get(f"/v1/assets/{asset_id}").json())["status"] not in (
+        "ready",
+        "failed",
+    ):
+        assert time.monotonic() < deadline, asset["progress"]
+        time.sleep(0.1)
+    return asset  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("services", ["per_rung"], indirect=True)
+def test_per_rung_orders_make_one_segment_set_and_a_rung_can_be_redone(
+    api: httpx.Client, services: Services, ffmpeg: str, tmp_path: Path
+) -> None:
+    src = make_video(ffmpeg, tmp_path / "clip.mp4", seconds=4, width=640, height=360)
+    asset = wait_settled(api, upload(api, src))
+    assert asset["status"] == "ready", asset["error"]
+    ran = steps_run(services, asset["id"])
+    assert {"rung:360p", "rung:234p", "rung:audio", "video_manifests"} <= set(ran)
+    assert "video_ladder" not in ran
+    master = httpx.get(str(rendition(asset, "hls")["url"]), timeout=10).text
+    assert "RESOLUTION=640x360" in master and 'URI="audio/playlist.m3u8"' in master
+    assert master.count("#EXT-X-STREAM-INF") == 2
+
+    retried = api.post(f"/v1/assets/{asset['id']}/renditions/234p/retry")
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["status"] == "processing"
+    again = wait_settled(api, asset["id"])
+    assert again["status"] == "ready", again["error"]
+    ran = steps_run(services, asset["id"])
+    assert ran.count("rung:234p") == 2 and ran.count("video_manifests") == 2
+    assert ran.count("rung:360p") == 1  # the other rungs were not encoded again
+    assert api.post(f"/v1/assets/{asset['id']}/renditions/nope/retry").status_code == 404
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("services", ["per_rung"], indirect=True)
+def test_a_failed_rung_fails_the_asset_and_a_retry_completes_it(
+    api: httpx.Client, ffmpeg: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = video_pipeline.package_video
+    broken = {"234p"}
+
+    async def flaky(tc: Any, master: Path, out: Path, rungs: Any, **kw: Any) -> Any:
+        if {r.name for r in rungs} & broken:
+            raise TranscodeFailed("the encoder crashed (injected)")
+        return await real(tc, master, out, rungs, **kw)
+
+    monkeypatch.setattr(video_pipeline, "package_video", flaky)
+    src = make_video(ffmpeg, tmp_path / "clip.mp4", seconds=3, width=640, height=360)
+    asset = wait_settled(api, upload(api, src))
+    assert asset["status"] == "failed" and "rung:234p" in asset["error"]
+    assert "hls" not in {r["name"] for r in asset["renditions"]}
+
+    broken.clear()  # the cause is fixed: redo the failed rung
+    assert api.post(f"/v1/assets/{asset['id']}/renditions/234p/retry").status_code == 202
+    done = wait_settled(api, asset["id"])
+    assert done["status"] == "ready", done["error"]
+    assert {"hls", "dash", "360p", "234p", "audio"} <= {r["name"] for r in done["renditions"]}

@@ -9,11 +9,14 @@ from typing import Any
 import anyio.to_thread
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from ingestd.api.deps import OwnerId, Svc, base_url
 from ingestd.api.schemas import ERRORS, AssetOut, AssetPage, EventPage
 from ingestd.auth.signing import UrlSigner
 from ingestd.bootstrap import Services
+from ingestd.db.models import Rendition, WorkOrder
 from ingestd.errors import NotFound
 from ingestd.queries import AssetQueries, AssetView
 
@@ -160,6 +163,31 @@ async def cancel_processing(
 ) -> dict[str, Any]:
     """Stop an asset's processing: its running ffmpeg stops within a heartbeat."""
     await anyio.to_thread.run_sync(svc.engine.cancel_processing, owner, asset_id)
+    view = await anyio.to_thread.run_sync(_queries(svc).get, owner, asset_id)
+    return asset_json(view, svc.signer, base_url(request, svc))
+
+
+@router.post(
+    "/v1/assets/{asset_id}/renditions/{name}/retry", status_code=202, response_model=AssetOut
+)
+async def retry_rendition(
+    asset_id: str, name: str, request: Request, owner: OwnerId, svc: Svc
+) -> dict[str, Any]:
+    """Make a rendition again: its own work order when rungs are separate orders
+    (``rung:<name>``), else the order that made it; with every unfinished order of the asset
+    and what depends on them."""
+
+    def steps(session: Session) -> list[str]:
+        made_by = session.scalars(
+            select(WorkOrder.step)
+            .join(Rendition, Rendition.work_order_id == WorkOrder.id)
+            .where(Rendition.asset_id == asset_id, Rendition.name == name)
+        ).first()
+        return [f"rung:{name}", name, *([made_by] if made_by else [])]
+
+    candidates = await svc.db.run(steps)
+    ready = await anyio.to_thread.run_sync(svc.engine.retry, owner, asset_id, candidates)
+    await svc.dispatcher.announce(ready)
     view = await anyio.to_thread.run_sync(_queries(svc).get, owner, asset_id)
     return asset_json(view, svc.signer, base_url(request, svc))
 

@@ -377,6 +377,61 @@ class JobEngine:
             emit(session, owner_id, asset_id, "asset.cancelled", orders=cancelled)
             return cancelled
 
+    def retry(self, owner_id: str, asset_id: str, steps: Sequence[str]) -> list[Ready]:
+        """Run again the first of ``steps`` the asset has, with every order of the asset that
+        did not finish (failed or cancelled) and everything downstream of them; orders that
+        succeeded stay. The asset goes back to processing. Raises NotFound or InvalidState."""
+        with self.db.transaction() as session:
+            asset = session.get(Asset, asset_id, with_for_update=True)
+            if asset is None or asset.owner_id != owner_id:
+                raise NotFound(f"asset {asset_id} not found")
+            latest = self._latest_orders(session, asset_id)
+            by_step = {o.step: o for o in latest}
+            step = next((s for s in steps if s in by_step), None)
+            if step is None:
+                raise NotFound(f"asset {asset_id} has no work order for {steps[0]}")
+            if any(OrderState(o.state) in ACTIVE_ORDER_STATES for o in latest):
+                raise InvalidState(f"asset {asset_id} is still being processed")
+            redo = {step} | {
+                o.step
+                for o in latest
+                if o.state in (OrderState.FAILED.value, OrderState.CANCELLED.value)
+            }
+            grew = True
+            while grew:  # everything downstream of what runs again runs again
+                extra = {o.step for o in latest if o.step not in redo and redo & set(o.depends_on)}
+                redo |= extra
+                grew = bool(extra)
+            states = {o.step: OrderState(o.state) for o in latest if o.step not in redo}
+            ready: list[Ready] = []
+            for old in latest:  # in creation order, so dependencies come first
+                if old.step not in redo:
+                    continue
+                state = OrderState.READY if is_ready(old.depends_on, states) else OrderState.BLOCKED
+                states[old.step] = state
+                order = WorkOrder(
+                    id=new_id("wo"),
+                    asset_id=asset_id,
+                    step=old.step,
+                    queue=old.queue,
+                    depends_on=list(old.depends_on),
+                    state=state.value,
+                    priority=old.priority,
+                    max_attempts=old.max_attempts,
+                    content_key=old.content_key,
+                    params=old.params,
+                    run_after=self.clock(),
+                )
+                session.add(order)
+                if state == OrderState.READY:
+                    ready.append(Ready(order.id, order.queue))
+            if AssetStatus(asset.status) != AssetStatus.PROCESSING:
+                set_asset_status(session, asset, AssetStatus.PROCESSING)
+            asset.error = None
+            emit(session, owner_id, asset_id, "asset.retry", steps=sorted(redo))
+            session.flush()
+            return ready
+
     # -- internals --------------------------------------------------------------------
 
     def _latest_orders(self, session: Session, asset_id: str) -> list[WorkOrder]:

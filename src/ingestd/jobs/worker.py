@@ -136,7 +136,8 @@ class Worker:
                 w.cancel()
 
     async def _execute(self, claim: Claim) -> None:
-        step = self.steps.get(claim.step)
+        # "family:member" steps (one per ladder rung, say) share the family's implementation
+        step = self.steps.get(claim.step) or self.steps.get(claim.step.split(":", 1)[0] + ":")
         if step is None:
             await anyio.to_thread.run_sync(
                 lambda: self.engine.fail(claim, f"no step named {claim.step!r}", retryable=False)

@@ -33,7 +33,14 @@ from ingestd.media.playlists import (
 from ingestd.media.process import ProgressCallback, input_args, run_ffmpeg
 from ingestd.media.toolchain import Toolchain
 
-__all__ = ["EncodeRung", "PackagedVideo", "VideoPackage", "package_video"]
+__all__ = [
+    "EncodeRung",
+    "PackagedVideo",
+    "VideoPackage",
+    "check_aligned",
+    "package_video",
+    "write_manifests",
+]
 
 MASTER_PLAYLIST = "master.m3u8"
 DASH_MANIFEST = "manifest.mpd"
@@ -84,8 +91,8 @@ class VideoPackage:
     files: list[str]  # every file written, relative to the output directory
 
 
-def _check(rungs: Sequence[EncodeRung], segment_s: float) -> None:
-    if not rungs:
+def _check(rungs: Sequence[EncodeRung], segment_s: float, with_audio: bool) -> None:
+    if not rungs and not with_audio:
         raise ValueError("the video ladder is empty")
     names = [r.name for r in rungs]
     if len(set(names)) != len(names) or AUDIO_NAME in names:
@@ -130,14 +137,24 @@ def _publish(
 ) -> list[PackagedVideo]:
     """Moves each rendition into place and writes every playlist (blocking)."""
     names = [(r.name, r.fps) for r in rungs] + ([(AUDIO_NAME, None)] if with_audio else [])
-    tracks: list[Track] = []
-    out: list[PackagedVideo] = []
-    for i, (name, fps) in enumerate(names):
+    for i, (name, _) in enumerate(names):
         final = out_dir / name
         if final.exists():
             shutil.rmtree(final)
         (staging / f"r{i}").rename(final)
-        track, init, size = measure_track(name, final, frame_rate=fps)
+    return write_manifests(out_dir, names)
+
+
+def write_manifests(
+    out_dir: Path, names: Sequence[tuple[str, float | None]]
+) -> list[PackagedVideo]:
+    """Measures renditions already in ``out_dir/<name>/`` and writes every playlist and the
+    MPD over them (blocking). ``names`` pairs each rendition with its frame rate (None for
+    audio). Also how rungs encoded by separate work orders are brought together."""
+    tracks: list[Track] = []
+    out: list[PackagedVideo] = []
+    for name, fps in names:
+        track, init, size = measure_track(name, out_dir / name, frame_rate=fps)
         write_media_playlist(track, out_dir)
         tracks.append(track)
         out.append(
@@ -163,8 +180,10 @@ def _publish(
     return out
 
 
-def _check_aligned(videos: Sequence[PackagedVideo], tolerance_s: float = 0.002) -> None:
+def check_aligned(videos: Sequence[PackagedVideo], tolerance_s: float = 0.002) -> None:
     """Every video rung must cut its segments at the same times, or players cannot switch."""
+    if not videos:
+        return
     first = videos[0].segment_starts
     for rung in videos[1:]:
         starts = rung.segment_starts
@@ -201,17 +220,19 @@ async def package_video(
     ``with_audio`` maps the first audio stream (AAC stereo at ``audio_bitrate``, 48 kHz); a
     video without audio packages without it.
     """
-    _check(rungs, segment_s)
+    _check(rungs, segment_s, with_audio)
     count = len(rungs) + (1 if with_audio else 0)
     staging = out_dir / f".staging-{uuid.uuid4().hex[:12]}"
     await asyncio.to_thread(_make_dirs, [staging / f"r{i}" for i in range(count)])
     audio = ["-map", "0:a:0", "-c:a", "aac", "-b:a", str(audio_bitrate)] if with_audio else []
     audio += ["-ac", "2", "-ar", "48000"] if with_audio else []
-    sets = "id=0,streams=v" + (" id=1,streams=a" if with_audio else "")
+    kinds = [*(["v"] if rungs else []), *(["a"] if with_audio else [])]
+    sets = " ".join(f"id={i},streams={kind}" for i, kind in enumerate(kinds))
+    graph = ["-filter_complex", _filtergraph(rungs)] if rungs else []
     args = [
         *("-v", "error", *input_args(master)),
         *("-map_metadata", "-1", "-map_chapters", "-1"),
-        *("-filter_complex", _filtergraph(rungs)),
+        *graph,
         *_video_args(rungs, preset),
         *audio,
         *segmenter_args(segment_s, sets, staging),
@@ -228,7 +249,7 @@ async def package_video(
         renditions = await asyncio.to_thread(_publish, rungs, with_audio, staging, out_dir)
     finally:
         await asyncio.to_thread(shutil.rmtree, staging, True)
-    _check_aligned([r for r in renditions if r.kind == "video"])
+    check_aligned([r for r in renditions if r.kind == "video"])
     files = [MASTER_PLAYLIST, DASH_MANIFEST]
     for r in renditions:
         files += [r.playlist, r.init, *r.segments]

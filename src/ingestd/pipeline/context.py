@@ -28,6 +28,7 @@ class PipelineLimits:
     max_width: int | None = 7680  # video display size, either orientation
     max_height: int | None = 4320
     video_preset: str = "veryfast"  # x264 preset of the ladder
+    per_rung: bool = False  # one work order per rung instead of one process for the ladder
 
 
 @dataclass(frozen=True)

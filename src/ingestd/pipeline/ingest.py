@@ -14,7 +14,7 @@ from ingestd.jobs.engine import JobEngine, emit, set_asset_status
 from ingestd.jobs.graph import Graph, StepSpec
 from ingestd.jobs.worker import Outcome, StepContext
 from ingestd.media import sniff, validate_audio
-from ingestd.media.ladder import Profile
+from ingestd.media.ladder import Profile, plan_ladder
 from ingestd.media.validate import NoVideoStream, validate_video
 from ingestd.media.video_probe import VideoProbe
 from ingestd.pipeline.context import PipelineDeps, current_source, progress_to
@@ -99,7 +99,17 @@ class ValidateStep:
 
         if video is not None:
             profile = await ctx.read(lambda s: asset_profile(s, ref.asset_id, self.profiles))
-            kind, summary, graph = "video", video.to_dict(), video_graph(ref.sha256, profile)
+            rungs = None
+            if limits.per_rung and video.video is not None:
+                planned = plan_ladder(
+                    profile,
+                    display_width=video.video.display_width,
+                    display_height=video.video.display_height,
+                    fps=video.video.fps,
+                )
+                rungs = [r.name for r in planned]
+            graph = video_graph(ref.sha256, profile, rungs=rungs, has_audio=video.has_audio)
+            kind, summary = "video", video.to_dict()
         else:
             kind, summary = "audio", probe.to_dict()
             graph = music_graph(ref.sha256, sniffed.container)
