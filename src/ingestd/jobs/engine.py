@@ -252,6 +252,9 @@ class JobEngine:
         """Finish a step; enable its dependents; settle the asset. One transaction."""
         now = self.clock()
         with self.db.transaction() as session:
+            # The asset row first: two last steps finishing at once would otherwise each
+            # see the other still running (READ COMMITTED) and neither settle the asset.
+            asset = session.get_one(Asset, claim.asset_id, with_for_update=True)
             order = self._held(session, claim)
             order.state = check_transition(OrderState.RUNNING, OrderState.SUCCEEDED).value
             order.result = result
@@ -260,7 +263,6 @@ class JobEngine:
             order.finished_at = now
             order.lease_token = None
             order.lease_expires_at = None
-            asset = session.get_one(Asset, claim.asset_id)
             emit(session, asset.owner_id, asset.id, "step.succeeded", step=claim.step)
             if hook is not None:
                 hook(session)
@@ -273,8 +275,8 @@ class JobEngine:
         """Record a failed attempt. Returns True if the step will be retried."""
         now = self.clock()
         with self.db.transaction() as session:
+            asset = session.get_one(Asset, claim.asset_id, with_for_update=True)  # see complete
             order = self._held(session, claim)
-            asset = session.get_one(Asset, claim.asset_id)
             order.error = error
             order.lease_token = None
             order.lease_expires_at = None
