@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from ingestd import __version__
-from ingestd.api import assets, errors, tokens, tus, uploads
+from ingestd.api import assets, errors, stream, tokens, tus, uploads
 from ingestd.bootstrap import Services
 
 
@@ -23,6 +23,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(tokens.router)
     app.include_router(assets.router)
+    app.include_router(stream.router)
     app.include_router(tus.router)
     app.add_middleware(tus.TusMiddleware)
     origins = services.settings.cors_origin_list

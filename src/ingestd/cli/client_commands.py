@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import aclosing
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -44,6 +45,8 @@ from ingestd.client import (
     is_terminal,
     wait_for_assets,
 )
+from ingestd.client.errors import BAD_RESPONSE
+from ingestd.client.events import stream_events
 from ingestd.defaults import DATA_DIR, LOCAL_KEY_FILE, SERVER_URL
 
 DEFAULT_SERVER = SERVER_URL
@@ -166,11 +169,7 @@ class _ClientCommands:
         async def fetch(client: IngestdClient) -> JSONObject:
             if not follow:
                 return await client.get_asset(asset)
-            with _ProcessingBars(enabled=not as_json) as bars:
-                found = await wait_for_assets(
-                    client, [asset], on_update=bars.update, interval=self._poll_interval
-                )
-            return found[0]
+            return await self._follow(client, server, api_key, asset, show=not as_json)
 
         found = self._run(self._with_client(server, api_key, fetch))
         if as_json:
@@ -213,6 +212,50 @@ class _ClientCommands:
                     )
         by_id = {str(a["id"]): a for a in assets}
         return [by_id.get(str(o.get("asset_id")), o) for o in outcomes]
+
+    async def _follow(
+        self, client: IngestdClient, server: str, api_key: str, asset_id: str, *, show: bool
+    ) -> JSONObject:
+        """Follow one asset over its event stream; poll if the server has no stream route."""
+        with _StepBars(enabled=show) as bars:
+            try:
+                return await self._follow_stream(server, api_key, asset_id, bars)
+            except ClientError as exc:
+                # An older server (no route), or an unknown asset: polling tells them apart.
+                if exc.status != 404:
+                    raise
+            found = await wait_for_assets(
+                client, [asset_id], on_update=bars.update, interval=self._poll_interval
+            )
+            return found[0]
+
+    async def _follow_stream(
+        self, server: str, api_key: str, asset_id: str, bars: _StepBars
+    ) -> JSONObject:
+        url = f"/v1/assets/{asset_id}/events/stream"
+        async with (
+            httpx.AsyncClient(
+                base_url=server.rstrip("/"),
+                headers={"Authorization": f"Bearer {api_key}"},
+                transport=self._transport,
+            ) as http,
+            aclosing(stream_events(http, url)) as messages,
+        ):
+            async for message in messages:
+                try:
+                    body = message.json()
+                except ValueError as exc:
+                    raise ClientError(
+                        BAD_RESPONSE, f"GET {url}: a {message.event} message is not JSON"
+                    ) from exc
+                if message.event == "event":
+                    bars.note(body)
+                elif message.event == "progress":
+                    bars.update(body)
+                elif message.event == "done":
+                    bars.update(body)
+                    return dict(body)
+        raise ClientError(BAD_RESPONSE, f"GET {url}: the stream ended before the asset was done")
 
     async def _with_client(
         self, server: str, api_key: str, call: Callable[[IngestdClient], Awaitable[T]]
@@ -392,6 +435,63 @@ class _ProcessingBars:
             )
             task = self._tasks[asset_id]
         self._progress.update(task, completed=percent, detail=detail.strip())
+
+
+class _StepBars:
+    """Rich bars for one followed asset: the whole, then one per step, with percent and ETA.
+
+    Fed the asset JSON (or a ``progress`` message, which has the same ``status`` and
+    ``progress``); ``note`` prints a stored event above the bars.
+    """
+
+    _FINISHED_STEPS = ("succeeded", "skipped")
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._enabled = enabled
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=Console(stderr=True),
+            disable=not enabled,
+        )
+        self._tasks: dict[str, TaskID] = {}
+
+    def __enter__(self) -> _StepBars:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def note(self, event: JSONObject) -> None:
+        if self._enabled:
+            self._progress.console.print(
+                f"[dim]{event.get('created_at') or ''}[/] {event.get('type')}", highlight=False
+            )
+
+    def update(self, asset: JSONObject) -> None:
+        status = str(asset.get("status"))
+        progress = asset.get("progress") or {}
+        percent = 100.0 if status == "ready" else float(progress.get("percent") or 0)
+        detail = f"{status} {_eta(progress.get('eta_s'))}".strip()
+        self._bar("", str(asset.get("title") or asset.get("id")), percent, detail)
+        for step in progress.get("steps") or []:
+            state = str(step.get("state"))
+            done = state in self._FINISHED_STEPS
+            step_percent = 100.0 if done else float(step.get("percent") or 0)
+            step_eta = _eta(step.get("eta_s")) if state == "running" else ""
+            name = str(step.get("step"))
+            self._bar(name, f"  {name}", step_percent, f"{state} {step_eta}".strip())
+
+    def _bar(self, key: str, description: str, percent: float, detail: str) -> None:
+        task = self._tasks.get(key)
+        if task is None:
+            task = self._tasks[key] = self._progress.add_task(
+                description, total=100.0, detail=detail
+            )
+        self._progress.update(task, completed=percent, detail=detail)
 
 
 def _error_outcome(path: Path, exc: ClientError | LocalFileError) -> JSONObject:

@@ -109,10 +109,12 @@ async def _serve(services: Services) -> None:
     import uvicorn
 
     from ingestd.api.app import create_app
+    from ingestd.api.stream import Server
 
     s = services.settings
+    app = create_app(services)
     config = uvicorn.Config(
-        create_app(services),
+        app,
         host=s.host,
         port=s.port,
         log_level=s.log_level.lower(),
@@ -121,7 +123,7 @@ async def _serve(services: Services) -> None:
         # X-Forwarded-* only when the operator says a proxy sets them
         proxy_headers=s.trust_forwarded,
     )
-    server = uvicorn.Server(config)
+    server = Server(config, app)
     stop = asyncio.Event()
     worker = asyncio.create_task(services.worker().run(stop))
     scheduler = asyncio.create_task(services.run_scheduler(stop))

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from ingestd.api.app import create_app
+from ingestd.api.stream import Server
 from ingestd.bootstrap import Services
 
 
@@ -26,8 +27,9 @@ def free_port() -> int:
 def running_server(services: Services, *, worker: bool = True) -> Iterator[str]:
     """Serve on 127.0.0.1 until the block exits; yields the base URL."""
     port = free_port()
+    app = create_app(services)
     config = uvicorn.Config(
-        create_app(services),
+        app,
         host="127.0.0.1",
         port=port,
         log_level="warning",
@@ -35,7 +37,7 @@ def running_server(services: Services, *, worker: bool = True) -> Iterator[str]:
         lifespan="off",
         proxy_headers=services.settings.trust_forwarded,
     )
-    server = uvicorn.Server(config)
+    server = Server(config, app)
     errors: list[BaseException] = []
 
     async def main() -> None:
