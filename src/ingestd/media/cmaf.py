@@ -27,6 +27,33 @@ def segmenter_args(segment_s: float, adaptation_sets: str, staging: Path) -> lis
     ]
 
 
+_SHORT_TAIL_S = 0.25
+
+
+def _fold_short_tail(init: InitInfo, files: list[Path]) -> list[Path]:
+    """Join a last segment that is empty or a sliver to the one before it.
+
+    When a duration is a whole number of segments, the encoder's delay spills a few
+    milliseconds of audio into one more segment (or, for FLAC, an empty one); players
+    stall on it (hls.js waits for media that never buffers). A segment may hold several
+    fragments, so the sliver's fragment is appended to the previous segment.
+    """
+    if len(files) < 2:
+        return files
+    last = parse_segment(files[-1], init)
+    if last.samples and last.duration / init.timescale >= _SHORT_TAIL_S:
+        return files
+    if last.samples:
+        data = files[-1].read_bytes()
+        kind = data[4:8]
+        size = int.from_bytes(data[:4], "big")
+        body = data[size:] if kind == b"styp" else data  # one segment type box is enough
+        with open(files[-2], "ab") as previous:
+            previous.write(body)
+    files[-1].unlink()
+    return files[:-1]
+
+
 def measure_track(
     name: str, directory: Path, *, frame_rate: float | None = None
 ) -> tuple[Track, InitInfo, int]:
@@ -36,7 +63,7 @@ def measure_track(
     ``frame_rate`` is recorded for video tracks (the fragments do not carry it).
     """
     init = parse_init(directory / "init.mp4")
-    files = sorted(directory.glob("seg_*.m4s"))
+    files = _fold_short_tail(init, sorted(directory.glob("seg_*.m4s")))
     if not files:
         raise TranscodeFailed(f"{name}: ffmpeg wrote no segments")
     infos: list[SegmentInfo] = [parse_segment(f, init) for f in files]
