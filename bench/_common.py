@@ -1,7 +1,9 @@
 """What the bench scripts share.
 
-Finding ingestd, temporary roots, sizes, random files, medians, clean exits, and an
-``ingestd serve`` subprocess with its CPU and peak-RSS sampling.
+Finding ingestd, temporary roots, sizes, random files, medians, clean exits, an
+``ingestd serve`` subprocess with its CPU and peak-RSS sampling, commands timed with the
+CPU of their whole process tree, a per-process CPU sampler read from ``/proc``, and the
+printing of a table of medians and samples.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import psutil
 
@@ -129,9 +133,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def settle() -> None:
-    """Write back dirty pages between phases so one phase's writeback does not slow the next."""
+def settle(quiet_s: float = 0.0) -> None:
+    """Write back dirty pages between phases so one phase's writeback does not slow the next,
+    then wait ``quiet_s`` seconds for the machine to go quiet."""
     os.sync()
+    if quiet_s > 0:
+        time.sleep(quiet_s)
 
 
 def filesystem_of(path: Path) -> str:
@@ -330,3 +337,261 @@ def add_ingestd_argument(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the ingestd executable (default: next to this Python, else on PATH)",
     )
+
+
+def add_work_dir_argument(parser: argparse.ArgumentParser, holds: str) -> None:
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help=f"where the temporary directory goes ({holds})",
+    )
+
+
+# -- commands timed with their process tree --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One command run to its end: wall seconds, CPU-seconds (user + system) and the
+    system part, of the command and every descendant that was waited for; its output."""
+
+    wall_s: float
+    cpu_s: float
+    sys_s: float
+    stdout: str
+    stderr: str
+
+
+def run_measured(
+    command: Sequence[str],
+    env: dict[str, str],
+    *,
+    watch: Callable[[int], AbstractContextManager[Any]] | None = None,
+) -> Measured:
+    """Runs ``command`` with its output captured; CPU is the ``RUSAGE_CHILDREN`` difference
+    around it, so nothing else in this process may reap children meanwhile. ``watch(pid)``,
+    if given, is entered while the command runs (a sampler, say).
+
+    Raises ``RuntimeError`` with the tails of its output when it exits non-zero.
+    """
+    start_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    with subprocess.Popen(
+        list(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as child:
+        with watch(child.pid) if watch is not None else contextlib.nullcontext():
+            out, err = child.communicate()
+        code = child.returncode
+    elapsed = time.perf_counter() - start
+    end_usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if code != 0:
+        name = Path(command[0]).name
+        raise RuntimeError(f"{name} exited with {code}:\n{err[-3000:]}{out[-2000:]}")
+    system = end_usage.ru_stime - start_usage.ru_stime
+    user = end_usage.ru_utime - start_usage.ru_utime
+    return Measured(elapsed, user + system, system, out, err)
+
+
+def tool_version(binary: str) -> str:
+    """``ffmpeg 7.1`` from the first line of ``binary -version``."""
+    done = subprocess.run([binary, "-version"], capture_output=True, text=True, check=False)
+    words = (done.stdout.splitlines() or [""])[0].split()
+    if len(words) >= 3 and words[1] == "version":
+        return f"{words[0]} {words[2]}"
+    return f"{Path(binary).name} (unknown version)"
+
+
+def stored_utc(text: str) -> datetime:
+    """A timestamp read back from ingestd's SQLite database (UTC; the offset is dropped)."""
+    moment = datetime.fromisoformat(text)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+# -- per-process CPU of a process tree, from /proc -------------------------------------------
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass
+class SampledProcess:
+    """A process seen by :class:`ProcessTree`: its command line (as last read), when it was
+    first and last seen (``time.perf_counter``) and its own CPU-seconds at the last reading."""
+
+    pid: int
+    argv: list[str]
+    first_seen: float
+    last_seen: float
+    cpu_s: float = 0.0
+
+
+def _proc_stat(pid: int) -> tuple[int, float] | None:
+    """Parent pid and own CPU-seconds (user + system, all threads) of ``pid``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            text = stat.read()
+    except OSError:
+        return None
+    fields = text[text.rindex(b")") + 2 :].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _proc_argv(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            raw = cmdline.read()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+class ProcessTree:
+    """Every ``interval_s``, reads ``/proc`` for a process and all its descendants: the CPU
+    each has used so far and its command line. Cheap (a directory listing and two small reads
+    per live process per tick), so it can watch a benchmarked command without competing with it.
+
+    A process's CPU after its last reading is missed: at most ``interval_s`` times its threads
+    busy, so a process shorter than ``interval_s`` may be missed entirely. Linux only.
+    """
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.processes: dict[int, SampledProcess] = {}
+        self.ticks = 0
+        self.sampler_cpu_s = 0.0  # the sampling thread's own CPU
+        self._root = 0
+        self._others: set[int] = set()  # pids known not to be in the tree
+        self._stop = threading.Event()
+
+    @contextmanager
+    def watching(self, pid: int) -> Iterator[ProcessTree]:
+        self._root = pid
+        thread = threading.Thread(target=self._run, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._tick()
+            if self._stop.wait(self.interval_s):
+                break
+        self.sampler_cpu_s = time.thread_time()
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.ticks += 1
+        listed = {int(name) for name in os.listdir("/proc") if name.isdigit()}
+        self._others &= listed
+        parents: dict[int, int] = {}
+        for pid in listed - self._others - self.processes.keys():
+            stat = _proc_stat(pid)
+            if stat is not None:
+                parents[pid] = stat[0]
+        added = True
+        while added:  # a grandchild may be listed before its parent joins the tree
+            added = False
+            for pid, parent in list(parents.items()):
+                if pid == self._root or parent in self.processes:
+                    self.processes[pid] = SampledProcess(pid, [], now, now)
+                    del parents[pid]
+                    added = True
+        self._others |= parents.keys()
+        for pid in listed & self.processes.keys():
+            stat, argv = _proc_stat(pid), _proc_argv(pid)
+            if stat is None or argv is None:
+                continue
+            record = self.processes[pid]
+            record.last_seen = now
+            record.cpu_s = max(record.cpu_s, stat[1])
+            if argv:  # a zombie (exited, not yet reaped) reads as an empty command line
+                record.argv = argv
+
+
+# -- rounds of competing runs -----------------------------------------------------------------
+
+
+class TimedSample(Protocol):
+    @property
+    def wall_s(self) -> float: ...
+    @property
+    def cpu_s(self) -> float: ...
+
+
+SampleT = TypeVar("SampleT", bound=TimedSample)
+
+
+@dataclass
+class Rounds(Generic[SampleT]):
+    """Samples per contender (in round order), which ran first in each round, and the load
+    average around all of it."""
+
+    samples: dict[str, list[SampleT]] = field(default_factory=dict)
+    orders: list[str] = field(default_factory=list)
+    load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def run_rounds(
+    repeat: int,
+    root: Path,
+    contenders: Mapping[str, Callable[[Path], SampleT]],
+    quiet_s: float = 1.0,
+) -> Rounds[SampleT]:
+    """``repeat`` rounds in which every contender runs once, in turn; the order reverses
+    every other round so that neither always goes first. Each run gets a fresh work
+    directory under ``root``, removed after it; before each, :func:`settle` (``quiet_s``)."""
+    rounds: Rounds[SampleT] = Rounds({name: [] for name in contenders})
+    rounds.load_before = os.getloadavg()
+    names = list(contenders)
+    width = max(map(len, names))
+    for index in range(repeat):
+        order = names if index % 2 == 0 else names[::-1]
+        rounds.orders.append(" then ".join(order))
+        for name in order:
+            work = root / f"{name}-{index}"
+            settle(quiet_s)
+            try:
+                sample = contenders[name](work)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            rounds.samples[name].append(sample)
+            print(
+                f"  round {index + 1}: {name:<{width}} {sample.wall_s:8.2f} s wall "
+                f"{sample.cpu_s:8.2f} CPU-s",
+                flush=True,
+            )
+    rounds.load_after = os.getloadavg()
+    return rounds
+
+
+def ordered(seen: set[str], first: Sequence[str]) -> list[str]:
+    """``first`` (those seen), then the rest of ``seen`` sorted."""
+    return [*(name for name in first if name in seen), *sorted(seen - set(first))]
+
+
+# -- reporting --------------------------------------------------------------------------------
+
+
+def ratios(top: Sequence[float], bottom: Sequence[float]) -> list[float]:
+    """Element-wise ``top / bottom`` (one ratio per round)."""
+    return [t / b for t, b in zip(top, bottom, strict=True)]
+
+
+Row = tuple[str, str, Sequence[float], str]  # label, unit, samples, format
+
+
+def print_table(rows: Sequence[Row], label_width: int = 40) -> None:
+    """One line per measure: its median, then every sample; a row without samples is a
+    heading."""
+    print(f"{'measure':<{label_width}} {'unit':>6} {'median':>8}  samples")
+    for label, unit, values, spec in rows:
+        if not values:
+            print(label)
+            continue
+        listed = ", ".join(format(v, spec) for v in values)
+        middle = format(median(values), spec)
+        print(f"{label:<{label_width}} {unit:>6} {middle:>8}  [{listed}]")
