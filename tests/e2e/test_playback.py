@@ -251,13 +251,16 @@ def _jobs() -> dict[str, Job]:
     return jobs
 
 
+# -- the service ----------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
 def served_assets(
     node: str, ffmpeg: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     """`ingestd serve` with a video and a tone uploaded by the CLI: each asset's JSON once
     ready, by SERVED name, or a string saying what went wrong (the tests that play them fail
-    with it; the others do not depend on the service)."""
+    with it; the others do not depend on the service). After ``node``: skips come first."""
     tmp = tmp_path_factory.mktemp("served")
     data, log = tmp / "data", tmp / "serve.log"
     env = client_env(tmp, data)
@@ -275,13 +278,16 @@ def served_assets(
         }
         assets: dict[str, Any] = {}
         for name, path in sources.items():
-            done = served.cli("upload", str(path), "--json", timeout=120)
-            asset = json.loads(done.stdout) if done.returncode == 0 else {}
-            if asset.get("status") != "ready":
-                assets[name] = f"upload: {done.stdout[-2000:]} {done.stderr[-2000:]}"
-                assets[name] += f"\n{log.read_text()[-3000:]}"
-            else:
+            try:
+                done = served.cli("upload", str(path), "--json", timeout=120)
+                asset = json.loads(done.stdout) if done.returncode == 0 else {}
+                said = f"{done.stdout[-2000:]} {done.stderr[-2000:]}"
+            except (subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+                asset, said = {}, str(exc)
+            if asset.get("status") == "ready":
                 assets[name] = asset
+            else:
+                assets[name] = f"upload of the {name}: {said}\n{log.read_text()[-3000:]}"
         yield assets
     finally:
         stop_server(proc)
