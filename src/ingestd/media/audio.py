@@ -12,14 +12,13 @@ import asyncio
 import logging
 import re
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ingestd.errors import SourceRejected, TranscodeFailed
 from ingestd.media.archive import LosslessProof, flac_encoder_args, pcm_md5
-from ingestd.media.cmaf import measure_track, segmenter_args
+from ingestd.media.cmaf import encode_segments, measure_track
 from ingestd.media.playlists import (
     Track,
     write_master_playlist,
@@ -27,7 +26,7 @@ from ingestd.media.playlists import (
     write_mpd,
 )
 from ingestd.media.probe import AudioStreamInfo, probe
-from ingestd.media.process import ProgressCallback, input_args, run_ffmpeg
+from ingestd.media.process import ProgressCallback
 from ingestd.media.toolchain import Toolchain
 
 __all__ = [
@@ -208,11 +207,6 @@ def _publish(ladder: Sequence[AudioRung], staging: Path, out_dir: Path) -> list[
     return renditions
 
 
-def _make_dirs(paths: list[Path]) -> None:
-    for path in paths:
-        path.mkdir(parents=True)
-
-
 async def package_audio(
     tc: Toolchain,
     master: Path,
@@ -238,28 +232,23 @@ async def package_audio(
         raise SourceRejected("no audio stream found")
     stream = source.audio[0]
     duration_s = duration_s or source.duration_s
-    staging = out_dir / f".staging-{uuid.uuid4().hex[:12]}"
-    await asyncio.to_thread(_make_dirs, [staging / f"r{i}" for i in range(len(ladder))])
-    adaptation_sets = " ".join(f"id={i},streams={i}" for i in range(len(ladder)))
-    args = [
-        *("-v", "error", *input_args(master)),
-        *("-map_metadata", "-1", "-map_chapters", "-1"),
-        *("-filter_complex", _filtergraph(ladder, stream)),
-        *_encoder_args(ladder, stream, segment_s),
-        *segmenter_args(segment_s, adaptation_sets, staging),
-    ]
-    try:
-        await run_ffmpeg(
-            tc,
-            args,
-            duration_s=duration_s,
-            on_progress=on_progress,
-            timeout_s=timeout_s,
-            logger=logger,
-        )
-        renditions = await asyncio.to_thread(_publish, ladder, staging, out_dir)
-    finally:
-        await asyncio.to_thread(shutil.rmtree, staging, True)
+    renditions = await encode_segments(
+        tc,
+        master,
+        out_dir,
+        streams=len(ladder),
+        encode=[
+            *("-filter_complex", _filtergraph(ladder, stream)),
+            *_encoder_args(ladder, stream, segment_s),
+        ],
+        adaptation_sets=" ".join(f"id={i},streams={i}" for i in range(len(ladder))),
+        segment_s=segment_s,
+        publish=lambda staging: _publish(ladder, staging, out_dir),
+        duration_s=duration_s,
+        on_progress=on_progress,
+        timeout_s=timeout_s,
+        logger=logger,
+    )
     if verify_lossless:
         renditions = [await _verify(tc, master, out_dir, r, stream, logger) for r in renditions]
     files = [MASTER_PLAYLIST, DASH_MANIFEST]

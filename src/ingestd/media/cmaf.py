@@ -2,16 +2,71 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import shutil
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ingestd.errors import TranscodeFailed
 from ingestd.media.fmp4 import InitInfo, SegmentInfo, parse_init, parse_segment
 from ingestd.media.playlists import SegmentRef, Track, peak_segment_bitrate
+from ingestd.media.process import ProgressCallback, input_args, run_ffmpeg
+from ingestd.media.toolchain import Toolchain
 
-__all__ = ["SEGMENT_TEMPLATE", "measure_track", "segmenter_args"]
+__all__ = ["SEGMENT_TEMPLATE", "encode_segments", "measure_track", "segmenter_args"]
+
+T = TypeVar("T")
 
 SEGMENT_TEMPLATE = "seg_$Number%05d$.m4s"
+
+
+async def encode_segments(
+    tc: Toolchain,
+    master: Path,
+    out_dir: Path,
+    *,
+    streams: int,
+    encode: list[str],
+    adaptation_sets: str,
+    segment_s: float,
+    publish: Callable[[Path], T],
+    duration_s: float | None,
+    on_progress: ProgressCallback | None,
+    timeout_s: float | None,
+    logger: logging.Logger | None,
+) -> T:
+    """One ffmpeg run from ``master`` (``encode`` maps and encodes ``streams`` outputs) cut
+    into CMAF segments under a staging directory in ``out_dir``; ``publish(staging)`` then
+    moves and measures them (in a thread). The staging directory is always removed."""
+    staging = out_dir / f".staging-{uuid.uuid4().hex[:12]}"
+    await asyncio.to_thread(_make_dirs, [staging / f"r{i}" for i in range(streams)])
+    args = [
+        *("-v", "error", *input_args(master)),
+        *("-map_metadata", "-1", "-map_chapters", "-1"),
+        *encode,
+        *segmenter_args(segment_s, adaptation_sets, staging),
+    ]
+    try:
+        await run_ffmpeg(
+            tc,
+            args,
+            duration_s=duration_s,
+            on_progress=on_progress,
+            timeout_s=timeout_s,
+            logger=logger,
+        )
+        return await asyncio.to_thread(publish, staging)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+
+
+def _make_dirs(paths: list[Path]) -> None:
+    for path in paths:
+        path.mkdir(parents=True)
 
 
 def segmenter_args(segment_s: float, adaptation_sets: str, staging: Path) -> list[str]:

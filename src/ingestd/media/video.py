@@ -12,25 +12,23 @@ durations, sizes and codecs measured on the output.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from ingestd.errors import TranscodeFailed
-from ingestd.media.cmaf import measure_track, segmenter_args
+from ingestd.media.cmaf import encode_segments, measure_track
 from ingestd.media.playlists import (
     Track,
     write_master_playlist,
     write_media_playlist,
     write_mpd,
 )
-from ingestd.media.process import ProgressCallback, input_args, run_ffmpeg
+from ingestd.media.process import ProgressCallback
 from ingestd.media.toolchain import Toolchain
 
 __all__ = [
@@ -195,11 +193,6 @@ def check_aligned(videos: Sequence[PackagedVideo], tolerance_s: float = 0.002) -
             )
 
 
-def _make_dirs(paths: list[Path]) -> None:
-    for path in paths:
-        path.mkdir(parents=True)
-
-
 async def package_video(
     tc: Toolchain,
     master: Path,
@@ -221,34 +214,25 @@ async def package_video(
     video without audio packages without it.
     """
     _check(rungs, segment_s, with_audio)
-    count = len(rungs) + (1 if with_audio else 0)
-    staging = out_dir / f".staging-{uuid.uuid4().hex[:12]}"
-    await asyncio.to_thread(_make_dirs, [staging / f"r{i}" for i in range(count)])
     audio = ["-map", "0:a:0", "-c:a", "aac", "-b:a", str(audio_bitrate)] if with_audio else []
     audio += ["-ac", "2", "-ar", "48000"] if with_audio else []
     kinds = [*(["v"] if rungs else []), *(["a"] if with_audio else [])]
     sets = " ".join(f"id={i},streams={kind}" for i, kind in enumerate(kinds))
     graph = ["-filter_complex", _filtergraph(rungs)] if rungs else []
-    args = [
-        *("-v", "error", *input_args(master)),
-        *("-map_metadata", "-1", "-map_chapters", "-1"),
-        *graph,
-        *_video_args(rungs, preset),
-        *audio,
-        *segmenter_args(segment_s, sets, staging),
-    ]
-    try:
-        await run_ffmpeg(
-            tc,
-            args,
-            duration_s=duration_s,
-            on_progress=on_progress,
-            timeout_s=timeout_s,
-            logger=logger,
-        )
-        renditions = await asyncio.to_thread(_publish, rungs, with_audio, staging, out_dir)
-    finally:
-        await asyncio.to_thread(shutil.rmtree, staging, True)
+    renditions = await encode_segments(
+        tc,
+        master,
+        out_dir,
+        streams=len(rungs) + (1 if with_audio else 0),
+        encode=[*graph, *_video_args(rungs, preset), *audio],
+        adaptation_sets=sets,
+        segment_s=segment_s,
+        publish=lambda staging: _publish(rungs, with_audio, staging, out_dir),
+        duration_s=duration_s,
+        on_progress=on_progress,
+        timeout_s=timeout_s,
+        logger=logger,
+    )
     check_aligned([r for r in renditions if r.kind == "video"])
     files = [MASTER_PLAYLIST, DASH_MANIFEST]
     for r in renditions:
