@@ -12,7 +12,7 @@ import os
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import aclosing
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, Self, TypeVar
 
 import httpx
 import typer
@@ -397,10 +397,11 @@ class _UploadBars:
             self._progress.update(task, completed=event.completed)
 
 
-class _ProcessingBars:
-    """Rich bars for server-side processing, from polled assets."""
+class _Bars:
+    """Rich progress bars on stderr, one task per key, with a detail column."""
 
     def __init__(self, *, enabled: bool) -> None:
+        self._enabled = enabled
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -411,12 +412,16 @@ class _ProcessingBars:
         )
         self._tasks: dict[str, TaskID] = {}
 
-    def __enter__(self) -> _ProcessingBars:
+    def __enter__(self) -> Self:
         self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
+
+
+class _ProcessingBars(_Bars):
+    """Rich bars for server-side processing, from polled assets."""
 
     def update(self, asset: JSONObject) -> None:
         asset_id = str(asset.get("id"))
@@ -437,7 +442,7 @@ class _ProcessingBars:
         self._progress.update(task, completed=percent, detail=detail.strip())
 
 
-class _StepBars:
+class _StepBars(_Bars):
     """Rich bars for one followed asset: the whole, then one per step, with percent and ETA.
 
     Fed the asset JSON (or a ``progress`` message, which has the same ``status`` and
@@ -445,25 +450,6 @@ class _StepBars:
     """
 
     _FINISHED_STEPS = ("succeeded", "skipped")
-
-    def __init__(self, *, enabled: bool) -> None:
-        self._enabled = enabled
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[detail]}"),
-            console=Console(stderr=True),
-            disable=not enabled,
-        )
-        self._tasks: dict[str, TaskID] = {}
-
-    def __enter__(self) -> _StepBars:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
 
     def note(self, event: JSONObject) -> None:
         if self._enabled:
