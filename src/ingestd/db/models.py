@@ -100,6 +100,10 @@ class Source(Base):
 
 class UploadSession(Base):
     __tablename__ = "upload_sessions"
+    __table_args__ = (
+        # an upload named by the sender (an AMQP gateway's upload id): one session per name
+        UniqueConstraint("owner_id", "external_id", name="uq_upload_sessions_external"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     # null for a tus partial upload: a piece of a later final upload, not a source itself
@@ -119,6 +123,8 @@ class UploadSession(Base):
     block_hashes: Mapped[list[Any] | None] = mapped_column(JSON)
     expected_sha256: Mapped[str | None] = mapped_column(String(64))
     info: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # the sender's own id for this upload, where the protocol carries one (AMQP chunks)
+    external_id: Mapped[str | None] = mapped_column(String(200))
     expires_at: Mapped[datetime] = mapped_column(index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
@@ -256,3 +262,18 @@ class Event(Base):
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None]
+
+
+class OutboxMessage(Base):
+    """A dispatch message written in the transaction that made a work order ready, and
+    published to the broker after that transaction commits (then deleted): a crash between
+    commit and publish loses nothing."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    queue: Mapped[str] = mapped_column(String(50))
+    order_id: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # a relay took the message to publish it; another relay leaves it alone until then
+    relay_until: Mapped[datetime | None]
