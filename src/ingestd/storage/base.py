@@ -64,10 +64,21 @@ class ObjectStore(Protocol):
 
 
 class StagingStore(Protocol):
-    """Uploads in progress. One staging object per upload, written at offsets."""
+    """Uploads in progress. One staging object per upload, written at offsets.
 
-    async def create(self, upload_id: str, size: int) -> None:
-        """Prepare an empty staging object of ``size`` bytes. Idempotent."""
+    ``readable_before_finalize`` says whether :meth:`read_staged` can read any range before
+    :meth:`finalize` (a local file can; an S3 multipart upload cannot: its callers finalize
+    first and read the object).
+    """
+
+    readable_before_finalize: bool
+
+    async def create(self, upload_id: str, size: int, key: str | None = None) -> None:
+        """Prepare an empty staging object of ``size`` bytes (0: not known yet). Idempotent.
+
+        ``key`` is the object the upload will become, if known (an S3 multipart upload is
+        started on it, so that :meth:`finalize` needs no copy).
+        """
         ...
 
     async def write_at(

@@ -108,6 +108,8 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 class LocalStore:
     """Implements :class:`ObjectStore` and :class:`StagingStore` on a local directory."""
 
+    readable_before_finalize = True
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.objects = root / "objects"
@@ -216,7 +218,7 @@ class LocalStore:
 
     # -- StagingStore -----------------------------------------------------------------
 
-    async def create(self, upload_id: str, size: int) -> None:
+    async def create(self, upload_id: str, size: int, key: str | None = None) -> None:
         await anyio.to_thread.run_sync(self._create, self._staged(upload_id), size)
 
     @staticmethod

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ingestd.db.engine import Database
@@ -72,6 +73,9 @@ class NewUpload:
     partial: bool = False
     profile: str | None = None  # the ladder profile the asset asks for
     info: Mapping[str, Any] = field(default_factory=dict)
+    # the sender's own name for the upload (AMQP chunks): creating it again returns the
+    # existing upload instead of a second one
+    external_id: str | None = None
 
 
 # runs inside the creating transaction with the new upload's id (a token's one-time claim)
@@ -152,7 +156,7 @@ class UploadService:
                 f"{self.limits.max_upload_size} bytes",
                 max_upload_size=self.limits.max_upload_size,
             )
-        block_size = check_block_size(req.block_size or self.limits.default_block_size)
+        block_size = self._block_size(req)
         count = block_count(req.size, block_size) if req.size is not None else 0
         hashes = None
         if req.blocks is not None:
@@ -183,6 +187,7 @@ class UploadService:
                     block_hashes=hashes,
                     expected_sha256=sha,
                     info=dict(req.info),
+                    external_id=req.external_id,
                     expires_at=now + self.limits.ttl,
                 )
             )
@@ -228,9 +233,80 @@ class UploadService:
                 protocol=req.protocol,
             )
 
-        await self._tx(write)
-        await self.staging.create(upload_id, req.size or 0)
+        if req.external_id is not None:
+            existing = await self.find_external(owner_id, req.external_id)
+            if existing is not None:
+                return existing
+            try:
+                await self._tx(write)
+            except IntegrityError:  # another consumer created it meanwhile
+                existing = await self.find_external(owner_id, req.external_id)
+                if existing is None:
+                    raise
+                return existing
+        else:
+            await self._tx(write)
+        await self.staging.create(upload_id, req.size or 0, key=await self._target(upload_id))
         return await self.status(owner_id, upload_id)
+
+    async def _target(self, upload_id: str) -> str | None:
+        """The master key an upload will become (none for a tus partial upload)."""
+
+        def find(session: Session) -> str | None:
+            row = session.get_one(UploadSession, upload_id)
+            if row.source_id is None:
+                return None
+            return master_key(session.get_one(Source, row.source_id).asset_id, row.source_id)
+
+        return await self._read(find)
+
+    async def read_assembled(
+        self, owner_id: str, upload_id: str, length: int
+    ) -> AsyncIterator[bytes]:
+        """The upload's first ``length`` staged bytes, in order. A store that cannot read
+        staged data (S3 multipart) assembles the master first and is read from there."""
+        if self.staging.readable_before_finalize:
+            async for data in self.staging.read_staged(upload_id, 0, length):
+                yield data
+            return
+        key = await self._target(upload_id)
+        if key is None:
+            raise InvalidState(f"upload {upload_id} is a partial upload and has no master")
+        if not await self._exists(key):
+            await self.staging.finalize(upload_id, key)
+        async for data in self.store.read(key, 0, length):
+            yield data
+
+    def _block_size(self, req: NewUpload) -> int:
+        """The client's block size, else the default; a store that stages in parts (S3
+        multipart) takes its part size by default and only whole multiples of it."""
+        part_size: Callable[[int], int] | None = getattr(self.staging, "part_size", None)
+        if part_size is None:
+            return check_block_size(req.block_size or self.limits.default_block_size)
+        part = part_size(req.size or 0)
+        if req.block_size is None:
+            return check_block_size(part)
+        if req.block_size % part:
+            raise InvalidRequest(
+                f"block_size must be a multiple of {part} bytes on this server (its store "
+                "takes parts of that size)",
+                block_size=req.block_size,
+                block_size_multiple=part,
+            )
+        return check_block_size(req.block_size)
+
+    async def find_external(self, owner_id: str, external_id: str) -> UploadInfo | None:
+        """The owner's upload that the sender named ``external_id``, if there is one."""
+
+        def find(session: Session) -> UploadInfo | None:
+            row = session.scalars(
+                select(UploadSession).where(
+                    UploadSession.owner_id == owner_id, UploadSession.external_id == external_id
+                )
+            ).first()
+            return None if row is None else self._info(session, row)
+
+        return await self._read(find)
 
     # -- blocks -----------------------------------------------------------------------
 
@@ -297,13 +373,14 @@ class UploadService:
 
             def record(session: Session) -> None:
                 row = self._open_session(session, owner_id, upload_id)
+                # blocks of one upload land at once: the source row serialises their sums
+                source = session.get_one(Source, row.source_id, with_for_update=True)
                 session.merge(
                     UploadPart(
                         session_id=row.id, index=index, size=length, sha256=actual, origin="upload"
                     )
                 )
                 session.flush()
-                source = session.get_one(Source, row.source_id)
                 source.bytes_received = self._received(session, row.id)
 
             await self._tx(record)
@@ -428,6 +505,10 @@ class UploadService:
             await self._copy_dedup_blocks(
                 owner_id, upload_id, [p for p in parts if p.origin == "dedup"]
             )
+        if not finalized and known is None and not self.staging.readable_before_finalize:
+            # the staged parts cannot be read back: assemble, then verify the master
+            await self.staging.finalize(upload_id, key)
+            finalized = True
         bad: list[int]
         if known is not None and not finalized:
             whole, bad = known, []
