@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,6 +15,7 @@ from ingestd.db.engine import Database
 from ingestd.db.models import Asset, Event, Rendition, Source, WorkOrder
 from ingestd.domain.states import DONE_ORDER_STATES, AssetStatus, OrderState
 from ingestd.errors import InvalidRequest, NotFound
+from ingestd.jobs.progress import LiveProgress
 
 # share of the bar that validation stands for, before the kind's graph is known
 _VALIDATE_SHARE = 0.1
@@ -47,13 +49,29 @@ def _latest(orders: list[WorkOrder]) -> list[WorkOrder]:
     return list(latest.values())
 
 
-def _progress(asset: Asset, orders: list[WorkOrder]) -> tuple[float, float | None]:
+def _live(
+    orders: list[WorkOrder], live: Mapping[str, LiveProgress] | None
+) -> dict[str, tuple[float, float | None]]:
+    """Each order's (progress, eta): the progress board's newer figure for running orders."""
+    figures: dict[str, tuple[float, float | None]] = {}
+    for o in orders:
+        figure = (float(o.progress), o.eta_s)
+        board = (live or {}).get(o.id)
+        if board is not None and o.state == OrderState.RUNNING.value:
+            figure = (max(figure[0], board.progress), board.eta_s)
+        figures[o.id] = figure
+    return figures
+
+
+def _progress(
+    asset: Asset, orders: list[WorkOrder], figures: Mapping[str, tuple[float, float | None]]
+) -> tuple[float, float | None]:
     status = AssetStatus(asset.status)
     if status == AssetStatus.READY:
         return 100.0, None
 
     def done(o: WorkOrder) -> float:
-        return 1.0 if OrderState(o.state) in DONE_ORDER_STATES else float(o.progress)
+        return 1.0 if OrderState(o.state) in DONE_ORDER_STATES else figures[o.id][0]
 
     first = [o for o in orders if not o.depends_on and o.step == "validate"]
     rest = [o for o in orders if o not in first]
@@ -61,7 +79,11 @@ def _progress(asset: Asset, orders: list[WorkOrder]) -> tuple[float, float | Non
     weights = sum(float(o.params.get("weight", 1.0)) for o in rest)
     tail = sum(float(o.params.get("weight", 1.0)) * done(o) for o in rest) / weights if rest else 0
     fraction = _VALIDATE_SHARE * head + (1 - _VALIDATE_SHARE) * tail
-    etas = [o.eta_s for o in orders if o.state == OrderState.RUNNING.value and o.eta_s]
+    etas = [
+        eta
+        for o in orders
+        if o.state == OrderState.RUNNING.value and (eta := figures[o.id][1]) is not None
+    ]
     return round(100 * fraction, 1), (max(etas) if etas else None)
 
 
@@ -91,7 +113,10 @@ class AssetQueries:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def get(self, owner_id: str, asset_id: str) -> AssetView:
+    def get(
+        self, owner_id: str, asset_id: str, live: Mapping[str, LiveProgress] | None = None
+    ) -> AssetView:
+        """The asset as the API shows it; ``live`` holds the progress board's figures."""
         with self.db.transaction() as session:
             asset = session.get(Asset, asset_id)
             if asset is None or asset.owner_id != owner_id:
@@ -99,7 +124,8 @@ class AssetQueries:
             orders = _latest(
                 list(session.scalars(select(WorkOrder).where(WorkOrder.asset_id == asset_id)))
             )
-            percent, eta = _progress(asset, orders)
+            figures = _live(orders, live)
+            percent, eta = _progress(asset, orders, figures)
             return AssetView(
                 asset=asset,
                 sources=list(
@@ -120,8 +146,8 @@ class AssetQueries:
                     StepView(
                         o.step,
                         o.state,
-                        round(100 * float(o.progress), 1),
-                        o.eta_s,
+                        round(100 * figures[o.id][0], 1),
+                        figures[o.id][1],
                         o.attempts,
                         o.error,
                     )

@@ -12,7 +12,7 @@ import re
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from email.utils import parsedate_to_datetime
@@ -822,9 +822,15 @@ class CountingLocker(InProcessLocker):
         self.arrived: Counter[str] = Counter()
 
     @asynccontextmanager
-    async def hold(self, upload_id: str, *, wait_s: float) -> AsyncIterator[None]:
+    async def hold(
+        self,
+        upload_id: str,
+        *,
+        wait_s: float,
+        on_release_request: Callable[[], None] | None = None,
+    ) -> AsyncIterator[None]:
         self.arrived[upload_id] += 1
-        async with super().hold(upload_id, wait_s=wait_s):
+        async with super().hold(upload_id, wait_s=wait_s, on_release_request=on_release_request):
             yield
 
 
@@ -844,10 +850,16 @@ class HeldElsewhere(InProcessLocker):
         self.busy: set[str] = set()
 
     @asynccontextmanager
-    async def hold(self, upload_id: str, *, wait_s: float) -> AsyncIterator[None]:
+    async def hold(
+        self,
+        upload_id: str,
+        *,
+        wait_s: float,
+        on_release_request: Callable[[], None] | None = None,
+    ) -> AsyncIterator[None]:
         if upload_id in self.busy:
             raise Locked(f"upload {upload_id} is being written by another request")
-        async with super().hold(upload_id, wait_s=wait_s):
+        async with super().hold(upload_id, wait_s=wait_s, on_release_request=on_release_request):
             yield
 
 

@@ -17,7 +17,8 @@ from ingestd.api.schemas import ERRORS, AssetOut, AssetPage, EventPage
 from ingestd.auth.signing import UrlSigner
 from ingestd.bootstrap import Services
 from ingestd.db.models import Rendition, WorkOrder
-from ingestd.errors import NotFound
+from ingestd.errors import IngestdError, NotFound
+from ingestd.jobs.progress import LiveProgress
 from ingestd.queries import AssetQueries, AssetView
 
 router = APIRouter(tags=["assets"], responses=ERRORS)
@@ -114,6 +115,20 @@ def _queries(svc: Services) -> AssetQueries:
     return AssetQueries(svc.db)
 
 
+async def live_progress(svc: Services, asset_id: str) -> dict[str, LiveProgress]:
+    """The progress board's figures for the asset's running steps (advisory: a board that
+    fails leaves the database's figures)."""
+    try:
+        return await svc.progress.get(asset_id)
+    except IngestdError:
+        return {}
+
+
+async def asset_view(svc: Services, owner: str, asset_id: str) -> AssetView:
+    live = await live_progress(svc, asset_id)
+    return await anyio.to_thread.run_sync(_queries(svc).get, owner, asset_id, live)
+
+
 @router.get("/v1/assets", response_model=AssetPage)
 async def list_assets(
     request: Request,
@@ -132,7 +147,7 @@ async def list_assets(
 
 @router.get("/v1/assets/{asset_id}", response_model=AssetOut)
 async def get_asset(asset_id: str, request: Request, owner: OwnerId, svc: Svc) -> dict[str, Any]:
-    view = await anyio.to_thread.run_sync(_queries(svc).get, owner, asset_id)
+    view = await asset_view(svc, owner, asset_id)
     return asset_json(view, svc.signer, base_url(request, svc))
 
 

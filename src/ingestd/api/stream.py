@@ -21,7 +21,7 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +31,13 @@ from fastapi import APIRouter, FastAPI, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import State
 
-from ingestd.api.assets import asset_json
+from ingestd.api.assets import asset_json, live_progress
 from ingestd.api.deps import OwnerId, Svc, base_url
 from ingestd.api.schemas import ERRORS
 from ingestd.db.models import Event
 from ingestd.domain.states import AssetStatus
 from ingestd.errors import NotFound
+from ingestd.jobs.progress import LiveProgress
 from ingestd.queries import AssetQueries, AssetView
 
 router = APIRouter(tags=["assets"], responses=ERRORS)
@@ -157,14 +158,18 @@ async def asset_event_stream(
     disconnected: Callable[[], Awaitable[bool]],
     closer: StreamCloser,
     timing: StreamTiming = StreamTiming(),
+    live: Callable[[], Awaitable[Mapping[str, LiveProgress]]] | None = None,
 ) -> AsyncIterator[bytes]:
     """The messages of one stream, until the asset is final, the client leaves or the server
-    closes the streams. ``render`` turns a view into the asset's JSON."""
+    closes the streams. ``render`` turns a view into the asset's JSON; ``live`` reads the
+    progress board (shared by every replica) for running steps' figures."""
 
-    def read(last_id: int) -> tuple[AssetView, list[Event]]:
+    def read(
+        last_id: int, figures: Mapping[str, LiveProgress] | None
+    ) -> tuple[AssetView, list[Event]]:
         # The view first: events written with a final status are then in the second read,
         # so ``done`` never overtakes them.
-        view = queries.get(owner_id, asset_id)
+        view = queries.get(owner_id, asset_id, figures)
         return view, queries.events(owner_id, asset_id, after=last_id)
 
     yield sse_retry(RETRY_MS)
@@ -173,7 +178,8 @@ async def asset_event_stream(
     last_sent = time.monotonic()
     while not closer.closing and not await disconnected():
         try:
-            view, events = await anyio.to_thread.run_sync(read, last_id)
+            figures = await live() if live is not None else None
+            view, events = await anyio.to_thread.run_sync(read, last_id, figures)
         except NotFound:  # deleted meanwhile
             return
         sent = False
@@ -236,5 +242,6 @@ async def stream_asset_events(
         disconnected=request.is_disconnected,
         closer=stream_closer(app),
         timing=stream_timing(app),
+        live=lambda: live_progress(svc, asset_id),
     )
     return StreamingResponse(messages, media_type="text/event-stream", headers=HEADERS)

@@ -62,6 +62,7 @@ EXPOSED_HEADERS = [
     "Tus-Extension",
     "Tus-Checksum-Algorithm",
     "Ingestd-Asset-Id",
+    "Ingestd-Replica",
 ]
 REQUEST_HEADERS = [
     "Authorization",
@@ -268,6 +269,10 @@ async def head(upload_id: str, request: Request, caller: Caller, svc: Svc) -> Re
     elif up.parts:
         urls = " ".join(_location(request, svc, p) for p in up.parts)
         headers["Upload-Concat"] = f"final;{urls}"
+    # the replica that holds the upload's running hash: the next PATCH costs least there
+    replica = await svc.tus.replica_for(upload_id)
+    if replica is not None:
+        headers["Ingestd-Replica"] = replica
     return Response(status_code=200, headers=headers)
 
 
@@ -279,7 +284,10 @@ async def patch(upload_id: str, request: Request, caller: Caller, svc: Svc) -> R
     if offset is None:
         raise InvalidRequest("send Upload-Offset")
     up = await _append(request, svc, caller, upload_id, offset)
-    return Response(status_code=204, headers=_headers(request, svc, up))
+    headers = _headers(request, svc, up)
+    if svc.tus.routing is not None and svc.tus.replica is not None:
+        headers["Ingestd-Replica"] = svc.tus.replica
+    return Response(status_code=204, headers=headers)
 
 
 @router.delete(PREFIX + "/{upload_id}", status_code=204, summary="tus: terminate an upload")

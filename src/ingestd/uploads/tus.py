@@ -52,6 +52,7 @@ from ingestd.jobs.engine import emit
 from ingestd.storage.base import IncompleteWrite
 from ingestd.uploads.blocks import block_count
 from ingestd.uploads.locks import UploadLocker
+from ingestd.uploads.routing import RoutingMap
 from ingestd.uploads.service import CreateHook, NewUpload, UploadService
 from ingestd.uploads.tus_protocol import Checksum, Metadata
 
@@ -149,15 +150,41 @@ class TusService:
         *,
         lock_wait_s: float = 5.0,
         clock: Callable[[], datetime] = utcnow,
+        routing: RoutingMap | None = None,
+        replica: str | None = None,
+        route_ttl_s: float = 3600.0,
     ) -> None:
+        """With ``routing``, each PATCH records ``replica`` (this process's URL) as the one
+        holding the upload's running hash, for load balancers and clients to route the
+        upload's next PATCH there (``Ingestd-Replica``); elsewhere it still works, at the
+        cost of one re-read of the file at completion."""
         self.uploads = uploads
+        self.routing = routing
+        self.replica = replica
+        self.route_ttl_s = route_ttl_s
         self.db = uploads.db
         self.staging = uploads.staging
         self.locker = locker
         self.lock_wait_s = lock_wait_s
         self.clock = clock
         self._carry: OrderedDict[str, _Carry] = OrderedDict()
-        self._writing: dict[str, Callable[[], None]] = {}  # interrupt the PATCH in progress
+
+    async def _route(self, upload_id: str) -> None:
+        assert self.routing is not None and self.replica is not None
+        try:
+            await self.routing.claim(upload_id, self.replica, self.route_ttl_s)
+        except IngestdError as exc:  # routing is advice: the upload goes on without it
+            log.warning("upload routing map: %s", exc)
+
+    async def replica_for(self, upload_id: str) -> str | None:
+        """The replica holding the upload's running hash, if the routing map knows one."""
+        if self.routing is None:
+            return None
+        try:
+            return await self.routing.lookup(upload_id)
+        except IngestdError as exc:
+            log.warning("upload routing map: %s", exc)
+            return None
 
     @property
     def max_size(self) -> int:
@@ -271,19 +298,16 @@ class TusService:
         """
         if content_length == 0 and await self._already_complete(owner_id, upload_id, offset):
             return await self.state(owner_id, upload_id)  # an empty PATCH at the end: no-op
-        holder = self._writing.get(upload_id)
-        if holder is not None:
-            holder()  # ask the request in progress to stop and keep what it has
-        async with self.locker.hold(upload_id, wait_s=self.lock_wait_s):
-            if interrupt is not None:
-                self._writing[upload_id] = interrupt
-            try:
-                return await self._append(
-                    owner_id, upload_id, offset, chunks, content_length, checksum, length
-                )
-            finally:
-                if self._writing.get(upload_id) is interrupt:
-                    self._writing.pop(upload_id, None)
+        # waiting for the lock asks the request in progress, in whichever replica, to stop
+        # and keep what it has; ours stops the same way when a later one comes
+        async with self.locker.hold(
+            upload_id, wait_s=self.lock_wait_s, on_release_request=interrupt
+        ):
+            if self.routing is not None and self.replica is not None:  # ours: the hash
+                await self._route(upload_id)
+            return await self._append(
+                owner_id, upload_id, offset, chunks, content_length, checksum, length
+            )
 
     async def _append(
         self,
@@ -566,7 +590,7 @@ class TusService:
             block=hashlib.sha256(),
             whole=hashlib.sha256(),
         )
-        async for data in self.staging.read_staged(final_id, 0, total):
+        async for data in self.uploads.read_assembled(owner_id, final_id, total):
             hasher.update(memoryview(data))
         hasher.finish()
         await self.db.run(
