@@ -22,7 +22,8 @@ The docstring of each class is its default message.
     │   ├── ToolNotFound
     │   ├── TranscodeFailed       (a tool exited non-zero: retried)
     │   └── StepTimeout
-    └── StorageError
+    ├── StorageError
+    └── BrokerError           (the message broker is away: messages wait in the outbox)
 """
 
 from __future__ import annotations
@@ -189,3 +190,9 @@ class StorageError(IngestdError):
     """The object store failed."""
 
     code = "storage_error"
+
+
+class BrokerError(IngestdError):
+    """The message broker is unavailable."""
+
+    code = "broker_unavailable"

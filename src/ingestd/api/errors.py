@@ -26,6 +26,7 @@ STATUS: list[tuple[type[e.IngestdError], int]] = [
     (e.Gone, 410),
     (e.SourceRejected, 422),
     (e.StorageError, 503),
+    (e.BrokerError, 503),
     (e.LeaseLost, 409),
 ]
 

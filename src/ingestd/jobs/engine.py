@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from ingestd.db.engine import Database
-from ingestd.db.models import Asset, Event, WorkOrder
+from ingestd.db.models import Asset, Event, OutboxMessage, WorkOrder
 from ingestd.db.types import new_id, utcnow
 from ingestd.domain.states import (
     ACTIVE_ORDER_STATES,
@@ -91,8 +91,12 @@ class JobEngine:
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        outbox: bool = False,
     ) -> None:
+        """With ``outbox``, every order made ready also gets an :class:`OutboxMessage` in the
+        same transaction, for a broker relay to publish after commit."""
         self.db = db
+        self.outbox = outbox
         self.lease = timedelta(seconds=lease_s)
         self.backoff = backoff or Backoff()
         self.clock = clock
@@ -151,23 +155,41 @@ class JobEngine:
             session.add(order)
             orders.append(order)
         session.flush()
-        return [Ready(o.id, o.queue) for o in orders if o.state == OrderState.READY.value]
+        return self._post(
+            session, [Ready(o.id, o.queue) for o in orders if o.state == OrderState.READY.value]
+        )
 
     # -- claiming ---------------------------------------------------------------------
 
     def claim(self, worker_id: str, queues: Sequence[str]) -> Claim | None:
+        """Take the most urgent ready order of ``queues``, or None."""
         now = self.clock()
-        with self.db.transaction() as session:
-            query = (
-                select(WorkOrder)
-                .where(
-                    WorkOrder.state == OrderState.READY.value,
-                    WorkOrder.queue.in_(list(queues)),
-                    WorkOrder.run_after <= now,
-                )
-                .order_by(WorkOrder.priority.desc(), WorkOrder.created_at, WorkOrder.id)
-                .limit(1)
+        query = (
+            select(WorkOrder)
+            .where(
+                WorkOrder.state == OrderState.READY.value,
+                WorkOrder.queue.in_(list(queues)),
+                WorkOrder.run_after <= now,
             )
+            .order_by(WorkOrder.priority.desc(), WorkOrder.created_at, WorkOrder.id)
+            .limit(1)
+        )
+        return self._claim(worker_id, query, now)
+
+    def claim_order(self, worker_id: str, order_id: str, queues: Sequence[str]) -> Claim | None:
+        """Take this order if it is ready now (a broker message named it), else None: it was
+        taken, finished or cancelled meanwhile, or waits for a retry delay."""
+        now = self.clock()
+        query = select(WorkOrder).where(
+            WorkOrder.id == order_id,
+            WorkOrder.state == OrderState.READY.value,
+            WorkOrder.queue.in_(list(queues)),
+            WorkOrder.run_after <= now,
+        )
+        return self._claim(worker_id, query, now)
+
+    def _claim(self, worker_id: str, query: Select[WorkOrder], now: datetime) -> Claim | None:
+        with self.db.transaction() as session:
             if self.db.dialect == "postgresql":
                 query = query.with_for_update(skip_locked=True)
             order = session.scalars(query).first()
@@ -269,7 +291,7 @@ class JobEngine:
             session.flush()
             ready = self._release_dependents(session, claim.asset_id)
             self._settle_asset(session, asset)
-            return ready
+            return self._post(session, ready)
 
     def fail(self, claim: Claim, error: str, *, retryable: bool = True) -> bool:
         """Record a failed attempt. Returns True if the step will be retried."""
@@ -312,7 +334,7 @@ class JobEngine:
             order.run_after = self.clock()
             asset = session.get_one(Asset, claim.asset_id)
             emit(session, asset.owner_id, asset.id, "step.released", step=claim.step)
-            return Ready(order.id, order.queue)
+            return self._post(session, [Ready(order.id, order.queue)])[0]
 
     def rescue_expired(self) -> list[Ready]:
         """Put orders whose lease expired back in line (or fail them when out of attempts)."""
@@ -345,6 +367,7 @@ class JobEngine:
                     order.state = OrderState.FAILED.value
                     order.finished_at = now
                     self._fail_asset(session, asset, f"{order.step}: {order.error}")
+            self._post(session, ready)
         return ready
 
     def cancel_asset(self, session: Session, asset_id: str) -> int:
@@ -432,7 +455,41 @@ class JobEngine:
             asset.error = None
             emit(session, owner_id, asset_id, "asset.retry", steps=sorted(redo))
             session.flush()
-            return ready
+            return self._post(session, ready)
+
+    # -- the dispatch outbox ------------------------------------------------------------
+
+    def _post(self, session: Session, ready: list[Ready]) -> list[Ready]:
+        """Write an outbox message per ready order, in the caller's transaction."""
+        if self.outbox:
+            session.add_all(OutboxMessage(queue=r.queue, order_id=r.order_id) for r in ready)
+        return ready
+
+    def outbox_batch(self, limit: int = 200, *, hold_s: float = 30.0) -> list[tuple[int, Ready]]:
+        """Take the oldest messages waiting to be published, for ``hold_s``: another relay
+        skips them meanwhile, and takes them after that if they are still there (the
+        publisher died). Delete them with :meth:`outbox_done` once the broker confirmed."""
+        now = self.clock()
+        with self.db.transaction() as session:
+            query = (
+                select(OutboxMessage)
+                .where((OutboxMessage.relay_until.is_(None)) | (OutboxMessage.relay_until < now))
+                .order_by(OutboxMessage.id)
+                .limit(limit)
+            )
+            if self.db.dialect == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = session.scalars(query).all()
+            for m in rows:
+                m.relay_until = now + timedelta(seconds=hold_s)
+            return [(m.id, Ready(m.order_id, m.queue)) for m in rows]
+
+    def outbox_done(self, ids: Sequence[int]) -> None:
+        """Forget messages the broker confirmed."""
+        if not ids:
+            return
+        with self.db.transaction() as session:
+            session.execute(delete(OutboxMessage).where(OutboxMessage.id.in_(list(ids))))
 
     # -- internals --------------------------------------------------------------------
 

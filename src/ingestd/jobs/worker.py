@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -18,11 +19,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio.to_thread
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ingestd.errors import IngestdError, LeaseLost, SourceRejected, StepTimeout
-from ingestd.jobs.dispatch import Dispatcher
+from ingestd.jobs.dispatch import Dispatcher, Hint
 from ingestd.jobs.engine import Claim, Hook, JobEngine
+from ingestd.jobs.progress import ProgressBoard
 
 T = TypeVar("T")
 
@@ -83,6 +86,7 @@ class Worker:
         workdir: Path,
         heartbeat_s: float = 10.0,
         progress_s: float = 1.0,
+        board: ProgressBoard | None = None,
         poll_s: float = 2.0,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -95,38 +99,71 @@ class Worker:
         self.workdir = workdir
         self.heartbeat_s = heartbeat_s
         self.progress_s = progress_s
+        self.board = board
         self.poll_s = poll_s
         self.log = logger or logging.getLogger("ingestd.worker")
         self._running: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        hints: list[Hint] = []
         try:
             while not stop.is_set():
-                claimed = False
-                while len(self._running) < self.concurrency and not stop.is_set():
-                    claim = await anyio.to_thread.run_sync(
-                        self.engine.claim, self.worker_id, self.queues
-                    )
-                    if claim is None:
-                        break
-                    claimed = True
-                    task = asyncio.create_task(self._execute(claim))
-                    self._running.add(task)
-                    task.add_done_callback(self._running.discard)
-                if claimed and len(self._running) < self.concurrency:
-                    continue
-                await self._wait(stop)
+                if hints:  # a broker named orders: claim those, acknowledging each after
+                    await self._claim_named(hints)
+                    hints = []
+                else:  # nothing announced (or no broker): look in the database
+                    claimed = False
+                    while self._free() and not stop.is_set():
+                        claim = await anyio.to_thread.run_sync(
+                            self.engine.claim, self.worker_id, self.queues
+                        )
+                        if claim is None:
+                            break
+                        claimed = True
+                        self._start(claim)
+                    if claimed and self._free():
+                        continue
+                hints = await self._wait(stop)
         finally:
+            for hint in hints:
+                await hint.retry()
             for task in list(self._running):
                 task.cancel()
             await asyncio.gather(*self._running, return_exceptions=True)
 
-    async def _wait(self, stop: asyncio.Event) -> None:
-        waiters: list[asyncio.Task[Any]] = [
-            asyncio.create_task(self.dispatcher.wait(self.queues, self.poll_s))
-        ]
-        waiters.append(asyncio.create_task(stop.wait()))
+    def _free(self) -> int:
+        return max(0, self.concurrency - len(self._running))
+
+    def _start(self, claim: Claim) -> None:
+        task = asyncio.create_task(self._execute(claim))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _claim_named(self, hints: list[Hint]) -> None:
+        for hint in hints:
+            if not self._free():
+                await hint.retry()
+                continue
+            try:
+                claim = await anyio.to_thread.run_sync(
+                    self.engine.claim_order, self.worker_id, hint.order_id, self.queues
+                )
+            except (IngestdError, SQLAlchemyError) as exc:  # the database is away: later
+                self.log.warning("claim of %s failed: %s", hint.order_id, exc)
+                await hint.retry()
+                continue
+            # the claim has committed (or there was nothing to take): the message is done,
+            # so the broker's delivery timeout never meets a long step
+            await hint.settle()
+            if claim is not None:
+                self._start(claim)
+
+    async def _wait(self, stop: asyncio.Event) -> list[Hint]:
+        announced = asyncio.create_task(
+            self.dispatcher.wait(self.queues, self.poll_s, limit=self._free())
+        )
+        waiters: list[asyncio.Task[Any]] = [announced, asyncio.create_task(stop.wait())]
         if self._running:
             waiters.append(asyncio.create_task(asyncio.wait(set(self._running))))
         try:
@@ -134,6 +171,9 @@ class Worker:
         finally:
             for w in waiters:
                 w.cancel()
+        if announced.done() and not announced.cancelled() and announced.exception() is None:
+            return announced.result()
+        return []
 
     async def _execute(self, claim: Claim) -> None:
         # "family:member" steps (one per ladder rung, say) share the family's implementation
@@ -143,7 +183,7 @@ class Worker:
                 lambda: self.engine.fail(claim, f"no step named {claim.step!r}", retryable=False)
             )
             return
-        workdir = Path(tempfile.mkdtemp(prefix=f"{claim.step}-", dir=self.workdir))
+        workdir = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{claim.step}-", dir=self.workdir))
         ctx = StepContext(claim, self.engine, workdir, self.log.getChild(claim.step))
         body = asyncio.create_task(self._run_body(step, ctx))
         beat = asyncio.create_task(self._heartbeat(ctx, body))
@@ -204,20 +244,41 @@ class Worker:
         )
 
     async def _heartbeat(self, ctx: StepContext, body: asyncio.Task[Outcome]) -> None:
-        """Extend the lease and store progress; cancel the step if the lease is lost."""
+        """Extend the lease and store progress; cancel the step if the lease is lost.
+
+        With a progress board (shared by every api replica), live figures go there each
+        ``progress_s`` and the database sees one lease heartbeat each ``heartbeat_s``;
+        without one, the database takes every change.
+        """
+        claim = ctx.claim
         last_beat = time.monotonic()
-        sent = -1.0
-        while True:
-            await asyncio.sleep(self.progress_s)
-            due = time.monotonic() - last_beat >= self.heartbeat_s
-            if not due and ctx.progress == sent:
-                continue
-            try:
-                await anyio.to_thread.run_sync(
-                    self.engine.heartbeat, ctx.claim, ctx.progress, ctx.eta_s
-                )
-            except LeaseLost:
-                body.cancel()
-                raise
-            sent = ctx.progress
-            last_beat = time.monotonic()
+        sent = posted = -1.0
+        try:
+            while True:
+                await asyncio.sleep(self.progress_s)
+                due = time.monotonic() - last_beat >= self.heartbeat_s
+                # a figure that does not move is put again with each heartbeat: the board
+                # forgets what nobody renews
+                if self.board is not None and (ctx.progress != posted or due):
+                    try:
+                        await self.board.put(
+                            claim.asset_id, claim.order_id, ctx.progress, ctx.eta_s
+                        )
+                        posted = ctx.progress
+                    except IngestdError as exc:  # the database still gets it at the heartbeat
+                        self.log.warning("progress board: %s", exc)
+                if not due and (self.board is not None or ctx.progress == sent):
+                    continue
+                try:
+                    await anyio.to_thread.run_sync(
+                        self.engine.heartbeat, claim, ctx.progress, ctx.eta_s
+                    )
+                except LeaseLost:
+                    body.cancel()
+                    raise
+                sent = ctx.progress
+                last_beat = time.monotonic()
+        finally:
+            if self.board is not None and posted >= 0:
+                with contextlib.suppress(IngestdError):
+                    await asyncio.shield(self.board.clear(claim.asset_id, claim.order_id))
