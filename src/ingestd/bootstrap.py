@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -11,6 +10,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ingestd.auth.keys import IssuedKey, KeyService
 from ingestd.auth.signing import UrlSigner
@@ -18,9 +18,10 @@ from ingestd.auth.tokens import UploadTokens
 from ingestd.db.engine import Database
 from ingestd.db.migrate import upgrade
 from ingestd.defaults import LOCAL_KEY_FILE, LOCAL_OWNER
-from ingestd.errors import ConfigError, IngestdError
+from ingestd.errors import ConfigError
 from ingestd.jobs.dispatch import Dispatcher, InProcessDispatcher
 from ingestd.jobs.engine import Backoff, JobEngine
+from ingestd.jobs.progress import InMemoryProgress, ProgressBoard
 from ingestd.jobs.worker import Step, Worker
 from ingestd.media import Toolchain
 from ingestd.media.ladder import Profile, load_profiles
@@ -28,18 +29,25 @@ from ingestd.pipeline.context import PipelineDeps, PipelineLimits
 from ingestd.pipeline.ingest import VALIDATE, ValidateStep, ingest_graph
 from ingestd.pipeline.music import MusicSteps
 from ingestd.pipeline.video import VideoSteps
+from ingestd.scheduler import Scheduler
 from ingestd.settings import Settings
+from ingestd.storage.base import ObjectStore, StagingStore
 from ingestd.storage.local import LocalStore
 from ingestd.uploads.locks import InProcessLocker, UploadLocker
+from ingestd.uploads.routing import InMemoryRouting, RoutingMap
 from ingestd.uploads.service import UploadLimits, UploadService
 from ingestd.uploads.tus import TusService
+
+if TYPE_CHECKING:
+    from ingestd.coordination.redis import RedisCoordination
 
 
 @dataclass
 class Services:
     settings: Settings
     db: Database
-    store: LocalStore
+    store: ObjectStore
+    staging: StagingStore
     engine: JobEngine
     dispatcher: Dispatcher
     uploads: UploadService
@@ -50,39 +58,77 @@ class Services:
     toolchain: Toolchain
     steps: dict[str, Step]
     profiles: dict[str, Profile]
+    locker: UploadLocker
+    progress: ProgressBoard
+    routing: RoutingMap
+    coordination: RedisCoordination | None = None
     public_url: str | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("ingestd"))
 
-    def worker(self, *, worker_id: str | None = None) -> Worker:
+    def worker(
+        self,
+        *,
+        worker_id: str | None = None,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+    ) -> Worker:
         s = self.settings
         return Worker(
             self.engine,
             self.dispatcher,
             self.steps,
             worker_id=worker_id or f"{socket.gethostname()}:{os.getpid()}",
-            queues=s.queue_list,
-            concurrency=s.worker_concurrency,
-            workdir=s.data_dir.resolve() / "work",
+            queues=queues or s.queue_list,
+            concurrency=concurrency or s.worker_concurrency,
+            workdir=self.workdir,
             heartbeat_s=s.heartbeat_s,
             poll_s=s.poll_s,
+            board=self.progress,
             logger=self.log.getChild("worker"),
         )
 
-    async def run_scheduler(self, stop: asyncio.Event, interval_s: float = 5.0) -> None:
-        """Rescue expired leases, expire abandoned uploads (their staged data goes), finish
-        tus uploads whose completion was cut short, forget long-expired upload tokens."""
-        while not stop.is_set():
-            try:
-                ready = await asyncio.to_thread(self.engine.rescue_expired)
-                if ready:
-                    await self.dispatcher.announce(ready)
-                await self.uploads.expire_sessions()
-                await self.tus.finish_stalled()
-                await self.tokens.purge_expired()
-            except IngestdError as exc:  # a failed round must not stop the loop
-                self.log.warning("scheduler round failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+    @property
+    def workdir(self) -> Path:
+        return self.settings.data_dir.resolve() / "work"
+
+    def scheduler(self) -> Scheduler:
+        s = self.settings
+        relay = getattr(self.dispatcher, "relay", None)
+        stale = self.staging if hasattr(self.staging, "stale_uploads") else None
+        return Scheduler(
+            self.db,
+            self.engine,
+            self.dispatcher,
+            self.uploads,
+            self.tus,
+            self.tokens,
+            workdir=self.workdir,
+            block_grace=timedelta(seconds=s.orphan_block_grace_s),
+            multipart_grace=timedelta(seconds=max(3600, s.upload_ttl_s)),
+            relay=relay,
+            stale_uploads=stale,  # type: ignore[arg-type]
+            logger=self.log.getChild("scheduler"),
+        )
+
+    async def run_scheduler(self, stop: asyncio.Event, interval_s: float | None = None) -> None:
+        """Rescue expired leases, publish the outbox, expire abandoned uploads (their staged
+        data goes), finish tus uploads whose completion was cut short, and the rest of
+        :class:`Scheduler`'s chores, until ``stop``."""
+        await self.scheduler().run(stop, interval_s or self.settings.scheduler_interval_s)
+
+    async def start(self) -> None:
+        """Check the shared backends answer (call once, in the event loop that uses them)."""
+        if self.coordination is not None:
+            await self.coordination.check()
+        ensure = getattr(self.store, "ensure_bucket", None)
+        if ensure is not None:
+            await ensure()
+
+    async def aclose(self) -> None:
+        """Close what lives in the event loop (broker and Redis connections)."""
+        await self.dispatcher.close()
+        if self.coordination is not None:
+            await self.coordination.close()
 
     def close(self) -> None:
         self.db.dispose()
@@ -109,11 +155,27 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
     url = settings.resolved_database_url
     if migrate:
         upgrade(url)
-    db = Database.from_url(url)
-    store = LocalStore(settings.storage_root)
+    db = Database.from_url(url, pool_size=settings.database_pool_size)
+    store, staging = build_stores(settings)
     toolchain = Toolchain.discover(settings.ffmpeg, settings.ffprobe, settings.packager)
-    dispatcher = InProcessDispatcher()
-    engine = JobEngine(db, lease_s=settings.lease_s, backoff=Backoff(base_s=settings.retry_base_s))
+    engine = JobEngine(
+        db,
+        lease_s=settings.lease_s,
+        backoff=Backoff(base_s=settings.retry_base_s),
+        outbox=settings.broker_url is not None,
+    )
+    dispatcher: Dispatcher
+    if settings.broker_url:
+        from ingestd.jobs.amqp import AmqpDispatcher, Topology
+
+        dispatcher = AmqpDispatcher(
+            settings.broker_url,
+            engine,
+            topology=Topology(settings.broker_prefix, settings.broker_delivery_limit),
+            prefetch=settings.worker_concurrency,
+        )
+    else:
+        dispatcher = InProcessDispatcher()
     deps = PipelineDeps(
         store=store,
         toolchain=toolchain,
@@ -132,7 +194,7 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
     }
     uploads = UploadService(
         db,
-        store,
+        staging,
         store,
         engine,
         dispatcher,
@@ -143,23 +205,67 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
             default_block_size=settings.block_size,
         ),
     )
-    locker: UploadLocker = InProcessLocker()
+    coordination: RedisCoordination | None = None
+    locker: UploadLocker
+    progress: ProgressBoard
+    routing: RoutingMap
+    if settings.redis_url:
+        from ingestd.coordination.redis import RedisCoordination
+
+        coordination = RedisCoordination.from_url(settings.redis_url, settings.redis_prefix)
+        locker, progress, routing = (
+            coordination.locker,
+            coordination.progress,
+            coordination.routing,
+        )
+    else:
+        locker, progress, routing = InProcessLocker(), InMemoryProgress(), InMemoryRouting()
+    tus = TusService(
+        uploads,
+        locker,
+        lock_wait_s=settings.tus_lock_wait_s,
+        routing=routing if coordination is not None else None,
+        replica=settings.resolved_replica_url,
+        route_ttl_s=settings.upload_ttl_s,
+    )
     return Services(
         settings=settings,
         db=db,
         store=store,
+        staging=staging,
         engine=engine,
         dispatcher=dispatcher,
         uploads=uploads,
-        tus=TusService(uploads, locker, lock_wait_s=settings.tus_lock_wait_s),
+        tus=tus,
         tokens=UploadTokens(db, max_upload_size=settings.max_upload_size),
         keys=KeyService(db),
         signer=UrlSigner(load_secret(settings), ttl_s=settings.url_ttl_s),
         toolchain=toolchain,
         steps=steps,
         profiles=profiles,
+        locker=locker,
+        progress=progress,
+        routing=routing,
+        coordination=coordination,
         public_url=settings.public_url,
     )
+
+
+def build_stores(settings: Settings) -> tuple[Any, Any]:
+    """The object store and the staging store the storage URL names."""
+    if settings.storage_is_s3:
+        from ingestd.storage.s3 import S3Staging, S3Store, make_client, parse_s3_url
+
+        config = parse_s3_url(settings.storage_url or "")
+        client = make_client(config)
+        tmp = settings.data_dir.resolve() / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return (
+            S3Store(config, client, tmp_dir=tmp),
+            S3Staging(config, client, max_object_size=settings.max_upload_size),
+        )
+    local = LocalStore(settings.storage_root)
+    return local, local
 
 
 def ensure_local_key(services: Services) -> tuple[Path, IssuedKey | None]:

@@ -17,7 +17,34 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(DATA_DIR)
     database_url: str | None = None  # default: sqlite in data_dir
-    storage_url: str | None = None  # default: file:// in data_dir
+    # PostgreSQL connections each process keeps (as many again on bursts); with hundreds of
+    # workers, put PgBouncer in front and keep this small (docs/scaling.md)
+    database_pool_size: int = Field(default=10, ge=1)
+    # default: file:// in data_dir; s3://bucket[/prefix]?endpoint=http://host:port&region=...
+    storage_url: str | None = None
+    # amqp://user:pass@host:port/vhost: work orders dispatched over RabbitMQ (default:
+    # in-process, one machine)
+    broker_url: str | None = None
+    broker_prefix: str = "ingestd."  # names of the exchanges and queues ingestd declares
+    # a message delivered this many times without being settled goes to <prefix>dead
+    broker_delivery_limit: int = Field(default=5, ge=1)
+    # redis://host:port/db: upload locks, live progress and upload routing shared by replicas
+    redis_url: str | None = None
+    redis_prefix: str = "ingestd:"
+    # this replica also runs the scheduler loop (``ingestd serve`` always does)
+    scheduler: bool = False
+    scheduler_interval_s: float = Field(default=5.0, gt=0)
+    # blocks no longer referenced by any master are removed after this long
+    orphan_block_grace_s: float = Field(default=24 * 3600, ge=0)
+    # this replica's own URL, recorded in the upload routing map (default: host:port)
+    replica_url: str | None = None
+    # AMQP chunk ingestion (``ingestd amqp-ingest``)
+    amqp_ingest_queue: str = "ingestd.chunks"
+    amqp_ingest_owner: str = "local"
+    amqp_ingest_prefetch: int = Field(default=4, ge=1)
+    amqp_ingest_dead_letter_queue: str | None = None  # default: <queue>.dead
+    # a chunk whose handling failed this many times goes to the dead-letter queue
+    amqp_ingest_max_deliveries: int = Field(default=5, ge=1)
     host: str = "127.0.0.1"
     port: int = 8000
     public_url: str | None = None  # e.g. https://media.example.org; else from the request
@@ -62,13 +89,24 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{(self.data_dir / 'ingestd.db').resolve()}"
 
     @property
+    def storage_is_s3(self) -> bool:
+        return (self.storage_url or "").startswith("s3://")
+
+    @property
     def storage_root(self) -> Path:
+        """The local store's root; with an S3 store, the local scratch area for staging."""
         url = self.storage_url
-        if url is None:
+        if url is None or url.startswith("s3://"):
             return (self.data_dir / "store").resolve()
         if url.startswith("file://"):
             return Path(url.removeprefix("file://")).resolve()
-        raise ConfigError(f"unsupported INGESTD_STORAGE_URL {url!r} (file:// only so far)")
+        raise ConfigError(
+            f"unsupported INGESTD_STORAGE_URL {url!r} (file:///path or s3://bucket?endpoint=...)"
+        )
+
+    @property
+    def resolved_replica_url(self) -> str:
+        return self.replica_url or f"http://{self.host}:{self.port}"
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -15,13 +14,12 @@ from rich.console import Console
 from rich.table import Table
 
 from ingestd import __version__
-from ingestd.cli import client_commands
+from ingestd.cli import client_commands, roles
 from ingestd.defaults import LOCAL_OWNER
 from ingestd.errors import IngestdError
 
 if TYPE_CHECKING:  # the server side is imported lazily: client commands start fast
     from ingestd.bootstrap import Services
-    from ingestd.settings import Settings
 
 app = typer.Typer(
     help="ingestd: resumable ingestion and processing of media masters.",
@@ -30,108 +28,21 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+roles.register(app)
 client_commands.register(app)
 
 console = Console(stderr=True)
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        help="Where the database and stores live [env: INGESTD_DATA_DIR]",
-        show_default=False,
-    ),
-]
-
-
-def settings(data_dir: Path | None = None, **overrides: Any) -> Settings:
-    from ingestd.settings import Settings
-
-    values = {k: v for k, v in overrides.items() if v is not None}
-    if data_dir is not None:
-        values["data_dir"] = data_dir
-    return Settings(**values)
-
-
-def _build(s: Settings) -> Services:
-    from ingestd.bootstrap import build
-
-    try:
-        return build(s)
-    except IngestdError as exc:  # e.g. ffmpeg not found, or a bad storage URL
-        console.print(f"[red]error:[/] {exc.message}")
-        raise typer.Exit(2) from exc
-
-
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+settings = roles.settings
+_build = roles.build
+_logging = roles.setup_logging
+DataDir = roles.DataDir
 
 
 @app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
-
-
-@app.command()
-def serve(
-    data_dir: DataDir = None,
-    host: Annotated[str | None, typer.Option(help="[env: INGESTD_HOST]")] = None,
-    port: Annotated[int | None, typer.Option(help="[env: INGESTD_PORT]")] = None,
-    concurrency: Annotated[
-        int | None, typer.Option(help="Steps run at once [env: INGESTD_WORKER_CONCURRENCY]")
-    ] = None,
-) -> None:
-    """Run everything in one process: API, worker and scheduler (SQLite + local disk)."""
-    s = settings(data_dir, host=host, port=port, worker_concurrency=concurrency)
-    _logging(s.log_level)
-    from ingestd.bootstrap import ensure_local_key
-
-    services = _build(s)
-    path, issued = ensure_local_key(services)
-    if issued is not None:
-        console.print(f"[bold green]Created an API key for owner '{LOCAL_OWNER}'[/] in {path}")
-    else:
-        console.print(f"API key of owner '{LOCAL_OWNER}': {path}")
-    console.print(f"ingestd {__version__} on http://{s.host}:{s.port}  (data in {s.data_dir})")
-    import uvloop  # libuv's event loop: markedly less CPU per received byte
-
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(_serve(services))
-    finally:
-        services.close()
-
-
-async def _serve(services: Services) -> None:
-    import uvicorn
-
-    from ingestd.api.app import create_app
-    from ingestd.api.stream import Server
-
-    s = services.settings
-    app = create_app(services)
-    config = uvicorn.Config(
-        app,
-        host=s.host,
-        port=s.port,
-        log_level=s.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=5,
-        # X-Forwarded-* only when the operator says a proxy sets them
-        proxy_headers=s.trust_forwarded,
-    )
-    server = Server(config, app)
-    stop = asyncio.Event()
-    worker = asyncio.create_task(services.worker().run(stop))
-    scheduler = asyncio.create_task(services.run_scheduler(stop))
-    try:
-        await server.serve()
-    finally:
-        stop.set()
-        await asyncio.gather(worker, scheduler, return_exceptions=True)
 
 
 @app.command()
@@ -184,6 +95,16 @@ def ingest(
 async def _ingest(
     services: Services, owner_name: str, paths: list[Path], title: str | None, *, wait: bool
 ) -> list[dict[str, Any]]:
+    await services.start()
+    try:
+        return await _ingest_files(services, owner_name, paths, title, wait=wait)
+    finally:
+        await services.aclose()  # the broker and Redis connections live in this loop
+
+
+async def _ingest_files(
+    services: Services, owner_name: str, paths: list[Path], title: str | None, *, wait: bool
+) -> list[dict[str, Any]]:
     from ingestd.queries import AssetQueries
 
     owner_id = await asyncio.to_thread(_owner_id, services, owner_name)
@@ -218,16 +139,9 @@ async def _ingest(
 
 
 def _owner_id(services: Services, name: str) -> str:
-    from sqlalchemy import select
+    from ingestd.cli.owners import owner_id
 
-    from ingestd.db.models import Owner
-
-    with services.db.transaction() as session:
-        found = session.scalars(select(Owner.id).where(Owner.name == name)).first()
-    if found is not None:
-        return found
-    # an owner exists once it has a key; create one so the owner can use the API too
-    return services.keys.create(name, label="created by ingestd ingest").owner_id
+    return owner_id(services, name)
 
 
 @keys_app.command("create")

@@ -41,6 +41,7 @@ def running_server(services: Services, *, worker: bool = True) -> Iterator[str]:
     errors: list[BaseException] = []
 
     async def main() -> None:
+        await services.start()
         stop = asyncio.Event()
         tasks = []
         if worker:
@@ -51,6 +52,7 @@ def running_server(services: Services, *, worker: bool = True) -> Iterator[str]:
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await services.aclose()
 
     def run() -> None:
         try:
