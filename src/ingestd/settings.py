@@ -82,6 +82,26 @@ class Settings(BaseSettings):
     video_ladder_mode: Literal["single", "per_rung"] = "single"
     profiles_file: Path | None = None  # JSON ladder profiles beside the built-in "default"
 
+    # paths on the server: `ingestd ingest`, `ingestd watch` and POST /v1/ingest take files
+    # under these roots only (comma-separated absolute paths; empty: none over the API)
+    ingest_roots: str = ""
+    watch_settle_s: float = Field(default=2.0, ge=0)  # a watched file must stop growing this long
+    # FITS: a file without CHECKSUM/DATASUM cards is accepted (and flagged) or rejected
+    fits_require_checksums: bool = False
+    # what makes two FITS files "the same asset" on re-ingestion: "path", or "header:" and
+    # comma-separated primary-header keywords, e.g. "header:TELESCOP,INSTRUME,DATE-OBS"
+    fits_identity: str = "path"
+
+    # notifications: e-mail over SMTP (webhooks need no settings)
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "ingestd@localhost"
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool = False
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    notify_max_attempts: int = Field(default=8, ge=1)
+
     log_level: str = "INFO"
 
     @property
@@ -111,6 +131,10 @@ class Settings(BaseSettings):
     @property
     def cors_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def ingest_root_list(self) -> list[Path]:
+        return [Path(r.strip()) for r in self.ingest_roots.split(",") if r.strip()]
 
     @property
     def queue_list(self) -> list[str]:

@@ -65,9 +65,14 @@ class ApiKey(Base):
 
 class Asset(Base):
     __tablename__ = "assets"
+    __table_args__ = (
+        # re-ingesting the same thing (same path, or same header-derived key) finds the asset
+        UniqueConstraint("owner_id", "identity", name="uq_assets_identity"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"), index=True)
+    identity: Mapped[str | None] = mapped_column(String(500))
     kind: Mapped[str] = mapped_column(String(20), default="unknown")
     title: Mapped[str | None] = mapped_column(String(500))
     description: Mapped[str | None] = mapped_column(Text)
@@ -277,3 +282,104 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     # a relay took the message to publish it; another relay leaves it alone until then
     relay_until: Mapped[datetime | None]
+
+
+class IngestOrder(Base):
+    """An ingestion work order for a path on the server (a script, a watched folder,
+    ``POST /v1/ingest``): one per owner and path; a new request for a path updates it."""
+
+    __tablename__ = "ingest_orders"
+    __table_args__ = (UniqueConstraint("owner_id", "path", name="uq_ingest_orders_path"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"), index=True)
+    path: Mapped[str] = mapped_column(String(1000))
+    status: Mapped[str] = mapped_column(String(20), index=True)  # IngestOrderStatus
+    force: Mapped[bool] = mapped_column(default=False)
+    asset_id: Mapped[str | None] = mapped_column(ForeignKey("assets.id", ondelete="SET NULL"))
+    # what the last completed run saw (sha256, data and header keys), for change detection
+    content: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Target(Base):
+    """Where an owner's outputs go: a directory, an S3 bucket/prefix, an FTP holder, or an
+    HTTP catalog. ``config`` holds the kind's settings (credentials included)."""
+
+    __tablename__ = "targets"
+    __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_targets_name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))  # directory | s3 | ftp | catalog
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Publication(Base):
+    """One object of an asset published to a target (for a catalog: the asset's item)."""
+
+    __tablename__ = "publications"
+    __table_args__ = (
+        UniqueConstraint("target_id", "asset_id", "key", name="uq_publications_object"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    target_id: Mapped[str] = mapped_column(
+        ForeignKey("targets.id", ondelete="CASCADE"), index=True
+    )
+    asset_id: Mapped[str] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(500))  # the object's key in ingestd's store
+    remote: Mapped[str] = mapped_column(String(1000))  # where it is on the target
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20))  # published | removed | failed
+    error: Mapped[str | None] = mapped_column(Text)
+    published_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Subscription(Base):
+    """An owner's notification endpoint: a webhook URL or an e-mail address, for some
+    event types (``asset.ready``, ``asset.failed``, ``upload.completed``...)."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # webhook | email
+    address: Mapped[str] = mapped_column(String(1000))  # URL or e-mail address
+    secret: Mapped[str | None] = mapped_column(String(200))  # signs webhook bodies
+    events: Mapped[list[Any]] = mapped_column(default=list)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Delivery(Base):
+    """One event sent (or to be sent) to one subscription, with its attempts."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "event_id", name="uq_deliveries_event"),
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(
+        ForeignKey("subscriptions.id", ondelete="CASCADE"), index=True
+    )
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(20))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[str | None] = mapped_column(Text)  # the first 2 KiB
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
