@@ -40,6 +40,7 @@ from ingestd.uploads.tus import TusService
 
 if TYPE_CHECKING:
     from ingestd.coordination.redis import RedisCoordination
+    from ingestd.notify import Notifier
 
 
 @dataclass
@@ -91,7 +92,30 @@ class Services:
     def workdir(self) -> Path:
         return self.settings.data_dir.resolve() / "work"
 
-    def scheduler(self) -> Scheduler:
+    def notifier(self) -> Notifier:
+        """Webhook and e-mail deliveries; one per scheduler process (it holds an HTTP
+        client and a fan-out cursor)."""
+        from ingestd.notify import EmailSender, Notifier, SmtpConfig, WebhookSender
+
+        s = self.settings
+        smtp = (
+            SmtpConfig(
+                s.smtp_host, s.smtp_port, s.smtp_from, s.smtp_user, s.smtp_password, s.smtp_starttls
+            )
+            if s.smtp_host
+            else None
+        )
+        return Notifier(
+            self.db,
+            self.signer,
+            webhooks=WebhookSender(timeout_s=s.webhook_timeout_s),
+            email=EmailSender(smtp),
+            base_url=s.public_url or s.resolved_replica_url,
+            max_attempts=s.notify_max_attempts,
+            logger=self.log.getChild("notify"),
+        )
+
+    def scheduler(self, notifier: Notifier | None = None) -> Scheduler:
         s = self.settings
         relay = getattr(self.dispatcher, "relay", None)
         stale = self.staging if hasattr(self.staging, "stale_uploads") else None
@@ -106,6 +130,7 @@ class Services:
             block_grace=timedelta(seconds=s.orphan_block_grace_s),
             multipart_grace=timedelta(seconds=max(3600, s.upload_ttl_s)),
             relay=relay,
+            notify=notifier.run_once if notifier is not None else None,
             stale_uploads=stale,  # type: ignore[arg-type]
             logger=self.log.getChild("scheduler"),
         )
@@ -114,7 +139,13 @@ class Services:
         """Rescue expired leases, publish the outbox, expire abandoned uploads (their staged
         data goes), finish tus uploads whose completion was cut short, and the rest of
         :class:`Scheduler`'s chores, until ``stop``."""
-        await self.scheduler().run(stop, interval_s or self.settings.scheduler_interval_s)
+        notifier = self.notifier()
+        try:
+            await self.scheduler(notifier).run(
+                stop, interval_s or self.settings.scheduler_interval_s
+            )
+        finally:
+            await notifier.aclose()
 
     async def start(self) -> None:
         """Check the shared backends answer (call once, in the event loop that uses them)."""

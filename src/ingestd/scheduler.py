@@ -4,7 +4,8 @@ Each round rescues expired leases, publishes what the dispatch outbox still hold
 expires abandoned uploads (their staged data and multipart uploads go, their sources and
 assets are marked), finishes tus uploads whose completion was cut short, forgets
 long-expired upload tokens, removes blocks that no stored master backs any more, aborts
-multipart uploads no open session owns, and removes work directories of dead workers.
+multipart uploads no open session owns, removes work directories of dead workers, and
+sends notifications (webhooks, e-mail) for new events.
 
 Several schedulers may run at once (``INGESTD_SCHEDULER=1`` on more than one replica):
 every chore re-checks its rows inside the transaction that changes them, lease rescue
@@ -68,6 +69,7 @@ class Chores:
     blocks: int = 0
     multipart: int = 0
     workdirs: int = 0
+    notified: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -85,6 +87,7 @@ class Scheduler:
         block_grace: timedelta = timedelta(days=1),
         multipart_grace: timedelta = timedelta(hours=1),
         relay: Callable[[], Awaitable[int]] | None = None,
+        notify: Callable[[], Awaitable[int]] | None = None,
         stale_uploads: StaleUploads | None = None,
         clock: Callable[[], datetime] = utcnow,
         logger: logging.Logger | None = None,
@@ -99,6 +102,7 @@ class Scheduler:
         self.block_grace = block_grace
         self.multipart_grace = multipart_grace
         self.relay = relay
+        self.notify = notify
         self.stale = stale_uploads
         self.clock = clock
         self.log = logger or logging.getLogger("ingestd.scheduler")
@@ -140,6 +144,10 @@ class Scheduler:
         async def multipart() -> None:
             chores.multipart = await self._abort_orphan_multipart()
 
+        async def notify() -> None:
+            if self.notify is not None:
+                chores.notified = await self.notify()
+
         async def workdirs() -> None:
             chores.workdirs = await asyncio.to_thread(clean_workdirs, self.workdir)
 
@@ -152,6 +160,7 @@ class Scheduler:
             ("blocks", blocks),
             ("multipart", multipart),
             ("workdirs", workdirs),
+            ("notify", notify),
         ):
             try:
                 await chore()

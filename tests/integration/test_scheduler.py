@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from ingestd.bootstrap import Services
 from ingestd.db.models import Asset, Block, Event, Source, UploadSession
 from ingestd.db.types import utcnow
+from ingestd.notify import Subscriptions
 from ingestd.scheduler import clean_workdirs
 from ingestd.uploads.service import NewUpload
 
@@ -113,3 +114,21 @@ def test_dead_workers_scratch_directories_are_removed(tmp_path: Path) -> None:
         os.utime(d, (old, old))
     assert clean_workdirs(tmp_path) == 1
     assert not gone.exists() and alive.exists() and young.exists()
+
+
+async def test_a_scheduler_round_sends_notifications(services: Services) -> None:
+    """The notify chore fans new events out to subscriptions and sends them (here an
+    e-mail with no SMTP server configured: failed at once, with the reason)."""
+    owner = services.keys.create("alice").owner_id
+    subscriptions = Subscriptions(services.db)
+    sub, _ = subscriptions.create(owner, "email", "alice@example.org", ["upload.created"])
+    await services.uploads.create(owner, NewUpload("song.wav", size=100))
+    notifier = services.notifier()
+    try:
+        chores = await services.scheduler(notifier).round()
+    finally:
+        await notifier.aclose()
+    assert chores.notified == 1 and not chores.errors
+    [(delivery, kind)] = subscriptions.deliveries(owner, sub.id)
+    assert (kind, delivery.status) == ("upload.created", "failed")
+    assert "e-mail is not configured" in (delivery.error or "")

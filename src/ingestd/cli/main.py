@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ingestd import __version__
-from ingestd.cli import client_commands, roles
+from ingestd.cli import client_commands, roles, subscriptions
 from ingestd.defaults import LOCAL_OWNER
 from ingestd.errors import IngestdError
 
@@ -30,6 +30,7 @@ keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 roles.register(app)
 client_commands.register(app)
+subscriptions.register(app)
 
 console = Console(stderr=True)
 
