@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,18 +15,23 @@ from ingestd.testing.server import running_server
 from ingestd.uploads.blocks import MIN_BLOCK_SIZE
 
 
+def service_settings(tmp_path: Path, db_url: str, **overrides: Any) -> Settings:
+    """Settings for a service under test: small blocks and limits, short polls and retries."""
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "database_url": db_url,
+        "block_size": MIN_BLOCK_SIZE,
+        "max_upload_size": 64 << 20,
+        "poll_s": 0.2,
+        "heartbeat_s": 1.0,
+        "retry_base_s": 0.1,
+    }
+    return Settings(**{**values, **overrides})
+
+
 @pytest.fixture
 def services(tmp_path: Path, db_url: str) -> Iterator[Services]:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=db_url,
-        block_size=MIN_BLOCK_SIZE,
-        max_upload_size=64 << 20,
-        poll_s=0.2,
-        heartbeat_s=1.0,
-        retry_base_s=0.1,
-    )
-    svc = build(settings)
+    svc = build(service_settings(tmp_path, db_url))
     yield svc
     svc.close()
 

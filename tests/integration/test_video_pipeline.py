@@ -18,10 +18,10 @@ from ingestd.bootstrap import Services, build
 from ingestd.db.models import WorkOrder
 from ingestd.errors import TranscodeFailed
 from ingestd.pipeline import video as video_pipeline
-from ingestd.settings import Settings
 from ingestd.testing.media import corrupt_bytes, make_video
-from ingestd.uploads.blocks import MIN_BLOCK_SIZE, content_digest
+from ingestd.uploads.blocks import content_digest
 
+from .conftest import service_settings
 from .test_music_pipeline import upload_and_wait
 
 TINY = {"name": "tiny", "rungs": [{"name": "144p", "height": 144, "video_bitrate": 120_000}]}
@@ -33,14 +33,9 @@ def services(request: pytest.FixtureRequest, tmp_path: Path, db_url: str) -> Ite
     mode is the test's indirect parameter (default "single")."""
     profiles = tmp_path / "profiles.json"
     profiles.write_text(json.dumps({"profiles": [TINY]}))
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=db_url,
-        block_size=MIN_BLOCK_SIZE,
-        max_upload_size=64 << 20,
-        poll_s=0.2,
-        heartbeat_s=1.0,
-        retry_base_s=0.1,
+    settings = service_settings(
+        tmp_path,
+        db_url,
         profiles_file=profiles,
         video_ladder_mode=getattr(request, "param", "single"),
     )

@@ -1,4 +1,5 @@
-"""Statuses of assets, sources, uploads and work orders, with their allowed transitions.
+"""Statuses of assets, sources, uploads, work orders and ingest orders, with their allowed
+transitions.
 
 Every status change in ingestd goes through :func:`check_transition`, so the table below is
 the single place that says what may follow what.
@@ -48,6 +49,15 @@ class OrderState(StrEnum):
     CANCELLED = "cancelled"
 
 
+class IngestOrderStatus(StrEnum):
+    """An ingestion work order for a path on the server (not a step's :class:`OrderState`)."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
 ACTIVE_ORDER_STATES = frozenset({OrderState.BLOCKED, OrderState.READY, OrderState.RUNNING})
 DONE_ORDER_STATES = frozenset({OrderState.SUCCEEDED, OrderState.SKIPPED})
 
@@ -58,8 +68,9 @@ _TRANSITIONS: dict[type[StrEnum], dict[StrEnum, frozenset[StrEnum]]] = {
         ),
         AssetStatus.INGESTING: frozenset({AssetStatus.PROCESSING, AssetStatus.FAILED}),
         AssetStatus.PROCESSING: frozenset({AssetStatus.READY, AssetStatus.FAILED}),
-        AssetStatus.READY: frozenset({AssetStatus.PROCESSING}),
-        AssetStatus.FAILED: frozenset({AssetStatus.PROCESSING}),
+        # a finished asset is processed again (retry), or takes a new source (re-ingestion)
+        AssetStatus.READY: frozenset({AssetStatus.PROCESSING, AssetStatus.INGESTING}),
+        AssetStatus.FAILED: frozenset({AssetStatus.PROCESSING, AssetStatus.INGESTING}),
         AssetStatus.ABANDONED: frozenset(),
     },
     SourceStatus: {
@@ -81,6 +92,20 @@ _TRANSITIONS: dict[type[StrEnum], dict[StrEnum, frozenset[StrEnum]]] = {
         UploadStatus.COMPLETED: frozenset({UploadStatus.EXPIRED}),
         UploadStatus.CANCELLED: frozenset(),
         UploadStatus.EXPIRED: frozenset(),
+    },
+    IngestOrderStatus: {
+        IngestOrderStatus.QUEUED: frozenset({IngestOrderStatus.STARTED}),
+        IngestOrderStatus.STARTED: frozenset(
+            {
+                IngestOrderStatus.COMPLETED,
+                IngestOrderStatus.FAILED,
+                # requested again while it ran, or its runner died before the file was in
+                IngestOrderStatus.QUEUED,
+            }
+        ),
+        # requested again: the path is ingested anew
+        IngestOrderStatus.COMPLETED: frozenset({IngestOrderStatus.QUEUED}),
+        IngestOrderStatus.FAILED: frozenset({IngestOrderStatus.QUEUED}),
     },
     OrderState: {
         OrderState.BLOCKED: frozenset({OrderState.READY, OrderState.SKIPPED, OrderState.CANCELLED}),

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
+from sqlalchemy.orm import Session
 
+from ingestd.db.models import Asset
+from ingestd.errors import IngestdError
 from ingestd.uploads.blocks import block_span
 from ingestd.uploads.service import NewUpload, UploadInfo, UploadService
 
@@ -23,8 +28,17 @@ async def ingest_file(
     *,
     title: str | None = None,
     description: str | None = None,
+    identity: str | None = None,
+    force: bool = False,
+    meta: Mapping[str, Any] | None = None,
 ) -> UploadInfo:
-    """Ingest a local file exactly as an upload would be: blocks verified, then completed."""
+    """Ingest a local file exactly as an upload would be: blocks verified, then completed.
+
+    ``identity``: the owner's asset of that identity takes the file as a new source (its
+    unchanged steps are then skipped, unless ``force``). ``meta`` is merged into the asset's
+    metadata before the pipeline starts (e.g. ``origin_path``). The upload is cancelled if
+    the file cannot be read to the end.
+    """
     size = (await anyio.Path(path).stat()).st_size
     info = await uploads.create(
         owner_id,
@@ -34,12 +48,34 @@ async def ingest_file(
             title=title,
             description=description,
             protocol="local",
+            identity=identity,
+            # ValidateStep reads it from the upload session, to re-run every step
+            info={"force": True} if force else {},
         ),
     )
-    async with await anyio.open_file(path, "rb") as f:
-        for index in range(info.block_count):
-            _, length = block_span(index, size, info.block_size)
-            data = await f.read(length)
-            digest = hashlib.sha256(data).hexdigest()
-            await uploads.put_block(owner_id, info.upload_id, index, _once(data), sha256=digest)
-    return await uploads.complete(owner_id, info.upload_id)
+    try:
+        if meta:
+            await uploads.db.run(_merge_meta(info.asset, meta))
+        async with await anyio.open_file(path, "rb") as f:
+            for index in range(info.block_count):
+                _, length = block_span(index, size, info.block_size)
+                data = await f.read(length)
+                digest = hashlib.sha256(data).hexdigest()
+                await uploads.put_block(owner_id, info.upload_id, index, _once(data), sha256=digest)
+        return await uploads.complete(owner_id, info.upload_id)
+    except (OSError, IngestdError):
+        await _cancel(uploads, owner_id, info.upload_id)
+        raise
+
+
+async def _cancel(uploads: UploadService, owner_id: str, upload_id: str) -> None:
+    with contextlib.suppress(IngestdError):  # completed or gone meanwhile: nothing to undo
+        await uploads.cancel(owner_id, upload_id)
+
+
+def _merge_meta(asset_id: str, meta: Mapping[str, Any]) -> Callable[[Session], None]:
+    def write(session: Session) -> None:
+        asset = session.get_one(Asset, asset_id)
+        asset.meta = {**asset.meta, **meta}
+
+    return write

@@ -76,6 +76,9 @@ class NewUpload:
     # the sender's own name for the upload (AMQP chunks): creating it again returns the
     # existing upload instead of a second one
     external_id: str | None = None
+    # what makes re-ingested files the same asset (e.g. "path:/data/x.fits"): the owner's
+    # asset of that identity takes the new source, keeping its id, renditions and history
+    identity: str | None = None
 
 
 # runs inside the creating transaction with the new upload's id (a token's one-time claim)
@@ -199,9 +202,10 @@ class UploadService:
             if req.partial:
                 add_session(session, None)
                 return
-            asset = Asset(
+            asset = self._asset_of(session, owner_id, req.identity) or Asset(
                 id=new_id("as"),
                 owner_id=owner_id,
+                identity=req.identity,
                 kind="unknown",
                 title=req.title or filename,
                 description=req.description,
@@ -244,10 +248,25 @@ class UploadService:
                 if existing is None:
                     raise
                 return existing
+        elif req.identity is not None:
+            try:
+                await self._tx(write)
+            except IntegrityError:  # another request created the identity's asset meanwhile
+                await self._tx(write)
         else:
             await self._tx(write)
         await self.staging.create(upload_id, req.size or 0, key=await self._target(upload_id))
         return await self.status(owner_id, upload_id)
+
+    @staticmethod
+    def _asset_of(session: Session, owner_id: str, identity: str | None) -> Asset | None:
+        """The owner's asset of ``identity``; it goes back to ingesting when the new
+        source's upload completes (an unfinished upload leaves it as it was)."""
+        if identity is None:
+            return None
+        return session.scalars(
+            select(Asset).where(Asset.owner_id == owner_id, Asset.identity == identity)
+        ).first()
 
     async def _target(self, upload_id: str) -> str | None:
         """The master key an upload will become (none for a tus partial upload)."""
@@ -624,7 +643,8 @@ class UploadService:
         source = session.get_one(Source, row.source_id)
         source.status = check_transition(SourceStatus(source.status), status).value
         asset = session.get_one(Asset, source.asset_id)
-        asset.status = check_transition(AssetStatus(asset.status), AssetStatus.ABANDONED).value
+        if asset.status == AssetStatus.CREATED.value:  # an existing asset keeps its state
+            asset.status = check_transition(AssetStatus.CREATED, AssetStatus.ABANDONED).value
         return asset.id
 
     def _session(self, session: Session, owner_id: str, upload_id: str) -> UploadSession:
