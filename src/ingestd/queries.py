@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import String, and_, cast, or_, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement
 
 from ingestd.db.engine import Database
 from ingestd.db.models import Asset, Event, Rendition, Source, WorkOrder
@@ -19,6 +21,8 @@ from ingestd.jobs.progress import LiveProgress
 
 # share of the bar that validation stands for, before the kind's graph is known
 _VALIDATE_SHARE = 0.1
+# what a ``meta.<KEYWORD>`` filter may name: a FITS keyword (HIERARCH ones with dots)
+_KEYWORD = re.compile(r"[A-Za-z0-9_.\-]{1,70}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,15 @@ def latest_master(session: Session, asset_id: str) -> Source | None:
     ).first()
 
 
+def keyword_equals(name: str, value: str) -> ColumnElement[bool]:
+    """``asset.meta["fits"]["keywords"][name]`` as text equals ``value`` (a JSON path that
+    SQLite renders with JSON_EXTRACT and PostgreSQL with #>>; numbers compare as written)."""
+    if not _KEYWORD.fullmatch(name):
+        raise InvalidRequest(f"not a FITS keyword: {name!r}")
+    path = Asset.meta[("fits", "keywords", name)]
+    return cast(path.as_string(), String) == value
+
+
 def encode_cursor(created_at: datetime, asset_id: str) -> str:
     return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{asset_id}".encode()).decode()
 
@@ -164,12 +177,16 @@ class AssetQueries:
         limit: int = 50,
         cursor: str | None = None,
         status: str | None = None,
+        keywords: Sequence[tuple[str, str]] = (),
     ) -> tuple[list[AssetView], str | None]:
+        """``keywords``: (FITS keyword, value) pairs that must all match exactly."""
         limit = max(1, min(limit, 200))
         with self.db.transaction() as session:
             query = select(Asset.id).where(Asset.owner_id == owner_id)
             if status:
                 query = query.where(Asset.status == status)
+            for name, value in keywords:
+                query = query.where(keyword_equals(name, value))
             if cursor:
                 stamp, last_id = decode_cursor(cursor)
                 query = query.where(

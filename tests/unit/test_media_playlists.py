@@ -133,7 +133,8 @@ def test_ebur128_silence_is_minus_infinity() -> None:
         (b"OggS\x00\x02" + bytes(22) + b"OpusHead", "ogg"),
         (b"\x00\x00\x00\x20ftypM4A \x00\x00\x00\x00", "mp4"),
         (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01\x42\x82\x88matroska", "matroska"),
-        (b"SIMPLE  =                    T", "fits"),
+        # a FITS header: 80-character ASCII cards filling a 2880-byte block
+        ((b"SIMPLE  =                    T" + b" " * 50 + b"END" + b" " * 77).ljust(2880), "fits"),
         (b"[build-system]\nrequires = []\n", "text"),
         (b'{"a": 1}', "json"),
         (b"", "empty"),

@@ -138,8 +138,13 @@ async def list_assets(
     cursor: str | None = None,
     status: str | None = None,
 ) -> dict[str, Any]:
+    """``meta.<KEYWORD>=<value>`` parameters (several: all must hold) keep the assets whose
+    FITS primary header has that keyword with exactly that value, e.g. ``meta.INSTRUME=HMI``."""
+    keywords = [(k[5:], v) for k, v in request.query_params.multi_items() if k.startswith("meta.")]
     views, next_cursor = await anyio.to_thread.run_sync(
-        lambda: _queries(svc).page(owner, limit=limit, cursor=cursor, status=status)
+        lambda: _queries(svc).page(
+            owner, limit=limit, cursor=cursor, status=status, keywords=keywords
+        )
     )
     base = base_url(request, svc)
     return {"items": [asset_json(v, svc.signer, base) for v in views], "next_cursor": next_cursor}

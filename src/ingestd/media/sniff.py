@@ -46,6 +46,15 @@ def _adts(head: bytes) -> bool:
     return len(head) >= 7 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0
 
 
+def _fits(head: bytes) -> bool:
+    """A FITS primary header: ``SIMPLE  =`` then 80-character ASCII cards filling a
+    2880-byte block (36 cards), as far as ``head`` reaches."""
+    if head[:9] != b"SIMPLE  =" or len(head) < 80:
+        return False
+    block = head[:2880]
+    return all(32 <= b < 127 for b in block) and (len(block) == 2880 or b"END" in block)
+
+
 def _text_kind(head: bytes) -> Sniffed:
     if not head:
         return Sniffed("unknown", "empty", "application/x-empty")
@@ -116,7 +125,7 @@ def sniff_bytes(head: bytes) -> Sniffed:
         if b"webm" in head[:64]:
             return Sniffed("video", "webm", "video/webm")
         return Sniffed("video", "matroska", "video/x-matroska")
-    if head[:9] == b"SIMPLE  =":
+    if _fits(head):
         return Sniffed("fits", "fits", "application/fits")
     if head[:1] == b"\x47" and len(head) > 188 and head[188:189] == b"\x47":
         return Sniffed("video", "mpegts", "video/mp2t")

@@ -29,6 +29,7 @@ class PipelineLimits:
     max_height: int | None = 4320
     video_preset: str = "veryfast"  # x264 preset of the ladder
     per_rung: bool = False  # one work order per rung instead of one process for the ladder
+    fits_require_checksums: bool = False  # reject FITS files without CHECKSUM/DATASUM cards
 
 
 @dataclass(frozen=True)
