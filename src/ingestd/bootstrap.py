@@ -26,9 +26,12 @@ from ingestd.jobs.worker import Step, Worker
 from ingestd.media import Toolchain
 from ingestd.media.ladder import Profile, load_profiles
 from ingestd.pipeline.context import PipelineDeps, PipelineLimits
+from ingestd.pipeline.fits import FitsSteps
 from ingestd.pipeline.ingest import VALIDATE, ValidateStep, ingest_graph
 from ingestd.pipeline.music import MusicSteps
 from ingestd.pipeline.video import VideoSteps
+from ingestd.publish import PublicationService, PublishSteps, default_policy
+from ingestd.publish.catalog import CatalogSteps
 from ingestd.scheduler import Scheduler
 from ingestd.settings import Settings
 from ingestd.storage.base import ObjectStore, StagingStore
@@ -59,6 +62,7 @@ class Services:
     toolchain: Toolchain
     steps: dict[str, Step]
     profiles: dict[str, Profile]
+    publications: PublicationService
     locker: UploadLocker
     progress: ProgressBoard
     routing: RoutingMap
@@ -216,13 +220,23 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
             segment_s=settings.segment_s,
             video_preset=settings.video_preset,
             per_rung=settings.video_ladder_mode == "per_rung",
+            fits_require_checksums=settings.fits_require_checksums,
         ),
     )
     steps: dict[str, Step] = {
         VALIDATE: Step(ValidateStep(deps, engine, profiles), timeout_s=settings.step_timeout_s),
         **MusicSteps(deps).steps(),
         **VideoSteps(deps, profiles).steps(),
+        **FitsSteps(deps).steps(),
+        **CatalogSteps().steps(),
     }
+    publications = PublicationService(
+        db,
+        store,
+        policy=default_policy(settings.data_dir, settings.publish_dir_list),
+        engine=engine,
+    )
+    steps.update(PublishSteps(publications, timeout_s=settings.step_timeout_s).steps())
     uploads = UploadService(
         db,
         staging,
@@ -274,6 +288,7 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
         toolchain=toolchain,
         steps=steps,
         profiles=profiles,
+        publications=publications,
         locker=locker,
         progress=progress,
         routing=routing,

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     # comma-separated primary-header keywords, e.g. "header:TELESCOP,INSTRUME,DATE-OBS"
     fits_identity: str = "path"
 
+    # directory publication targets may write only under <data_dir>/published and these
+    # (comma-separated absolute paths)
+    publish_dirs: str = ""
+
     # notifications: e-mail over SMTP (webhooks need no settings)
     smtp_host: str | None = None
     smtp_port: int = 25
@@ -135,6 +139,10 @@ class Settings(BaseSettings):
     @property
     def ingest_root_list(self) -> list[Path]:
         return [Path(r.strip()) for r in self.ingest_roots.split(",") if r.strip()]
+
+    @property
+    def publish_dir_list(self) -> list[Path]:
+        return [Path(r.strip()) for r in self.publish_dirs.split(",") if r.strip()]
 
     @property
     def queue_list(self) -> list[str]:

@@ -8,7 +8,17 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from ingestd import __version__
-from ingestd.api import assets, errors, stream, subscriptions, tokens, tus, uploads
+from ingestd.api import (
+    assets,
+    errors,
+    ingest,
+    stream,
+    subscriptions,
+    targets,
+    tokens,
+    tus,
+    uploads,
+)
 from ingestd.bootstrap import Services
 
 
@@ -26,6 +36,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(tus.router)
     app.include_router(subscriptions.router)
+    app.include_router(targets.router)
+    app.include_router(ingest.router)
     app.add_middleware(tus.TusMiddleware)
     origins = services.settings.cors_origin_list
     if origins:  # outermost, so preflights are answered before anything else

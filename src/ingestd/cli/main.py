@@ -14,7 +14,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ingestd import __version__
-from ingestd.cli import client_commands, roles, subscriptions
+from ingestd.cli import catalog as catalog_commands
+from ingestd.cli import client_commands, orders, roles, subscriptions
+from ingestd.cli import targets as targets_commands
 from ingestd.defaults import LOCAL_OWNER
 from ingestd.errors import IngestdError
 
@@ -31,6 +33,9 @@ app.add_typer(keys_app, name="keys")
 roles.register(app)
 client_commands.register(app)
 subscriptions.register(app)
+catalog_commands.register(app)
+targets_commands.register(app)
+orders.register(app)
 
 console = Console(stderr=True)
 
@@ -58,25 +63,29 @@ def migrate(data_dir: DataDir = None) -> None:
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True)],
+    paths: Annotated[list[Path], typer.Argument(help="Files to ingest (any readable path)")],
     data_dir: DataDir = None,
     owner: Annotated[str, typer.Option(help="Owner of the new assets")] = LOCAL_OWNER,
     title: Annotated[str | None, typer.Option()] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run every step again, even for unchanged content")
+    ] = False,
     no_wait: Annotated[
         bool,
         typer.Option(
             "--no-wait",
-            help="Only enqueue; a running 'ingestd serve' on the same data dir processes them",
+            help="Only order; a running 'ingestd serve' or worker processes the orders",
         ),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Ingest local files through the same service layer as uploads, without HTTP."""
+    """Ingest server-side files as work orders, one per path (a second request for a path
+    updates its order; the same file again updates the same asset, skipping unchanged steps)."""
     s = settings(data_dir)
     _logging("WARNING")
     services = _build(s)
     try:
-        results = asyncio.run(_ingest(services, owner, paths, title, wait=not no_wait))
+        results = asyncio.run(_ingest(services, owner, paths, title, force=force, wait=not no_wait))
     except IngestdError as exc:
         console.print(f"[red]error:[/] {exc.message}")
         raise typer.Exit(1) from exc
@@ -85,58 +94,37 @@ def ingest(
     if as_json:
         typer.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
     else:
-        table = Table("asset", "file", "status", "error")
+        table = Table("asset", "file", "order", "status", "error")
         for r in results:
-            table.add_row(r["id"], r["file"], r["status"], r.get("error") or "")
+            table.add_row(
+                r["id"] or "",
+                r["file"],
+                r.get("order_status") or "",
+                r["status"] or "",
+                r.get("error") or "",
+            )
         Console().print(table)
-    if any(r["status"] == "failed" for r in results):
+    if any(r["status"] == "failed" or r.get("order_status") == "failed" for r in results):
         raise typer.Exit(1)
 
 
 async def _ingest(
-    services: Services, owner_name: str, paths: list[Path], title: str | None, *, wait: bool
+    services: Services,
+    owner_name: str,
+    paths: list[Path],
+    title: str | None,
+    *,
+    force: bool,
+    wait: bool,
 ) -> list[dict[str, Any]]:
+    from ingestd.cli.orders import ingest_paths
+
     await services.start()
     try:
-        return await _ingest_files(services, owner_name, paths, title, wait=wait)
+        owner_id = await asyncio.to_thread(_owner_id, services, owner_name)
+        return await ingest_paths(services, owner_id, paths, title=title, force=force, wait=wait)
     finally:
         await services.aclose()  # the broker and Redis connections live in this loop
-
-
-async def _ingest_files(
-    services: Services, owner_name: str, paths: list[Path], title: str | None, *, wait: bool
-) -> list[dict[str, Any]]:
-    from ingestd.queries import AssetQueries
-
-    owner_id = await asyncio.to_thread(_owner_id, services, owner_name)
-    from ingestd.uploads.local import ingest_file
-
-    infos = [await ingest_file(services.uploads, owner_id, p.resolve(), title=title) for p in paths]
-    queries = AssetQueries(services.db)
-    if wait:
-        stop = asyncio.Event()
-        worker = asyncio.create_task(services.worker().run(stop))
-        try:
-            while True:
-                views = [await asyncio.to_thread(queries.get, owner_id, i.asset) for i in infos]
-                if all(v.asset.status in ("ready", "failed") for v in views):
-                    break
-                await asyncio.sleep(0.5)
-        finally:
-            stop.set()
-            await worker
-    views = [await asyncio.to_thread(queries.get, owner_id, i.asset) for i in infos]
-    return [
-        {
-            "id": v.asset.id,
-            "file": str(p),
-            "status": v.asset.status,
-            "error": v.asset.error,
-            "sha256": v.asset.sha256,
-            "metadata": v.asset.meta,
-        }
-        for p, v in zip(paths, views, strict=True)
-    ]
 
 
 def _owner_id(services: Services, name: str) -> str:

@@ -139,6 +139,13 @@ async def _serve_http(services: Services) -> None:
     await Server(config, app).serve()
 
 
+def _work(services: Services) -> list[Loop]:
+    """A worker's loops: work orders, and ingestion orders for server paths."""
+    from ingestd.cli.orders import order_runner
+
+    return [services.worker().run, order_runner(services).run]
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def serve(
@@ -159,7 +166,7 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(f"API key of owner '{LOCAL_OWNER}': {path}")
         console.print(f"ingestd {__version__} on http://{s.host}:{s.port}  (data in {s.data_dir})")
-        run_roles(services, [services.worker().run], http=True, scheduler=True)
+        run_roles(services, _work(services), http=True, scheduler=True)
 
     @app.command()
     def api(data_dir: DataDir = None, host: Host = None, port: Port = None) -> None:
@@ -192,7 +199,7 @@ def register(app: typer.Typer) -> None:
             f"ingestd {__version__} worker: queues {','.join(s.queue_list)}, "
             f"{s.worker_concurrency} at once"
         )
-        run_roles(services, [services.worker().run])
+        run_roles(services, _work(services))
 
     @app.command()
     def scheduler(data_dir: DataDir = None) -> None:

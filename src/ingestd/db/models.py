@@ -331,9 +331,7 @@ class Publication(Base):
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    target_id: Mapped[str] = mapped_column(
-        ForeignKey("targets.id", ondelete="CASCADE"), index=True
-    )
+    target_id: Mapped[str] = mapped_column(ForeignKey("targets.id", ondelete="CASCADE"), index=True)
     asset_id: Mapped[str] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"), index=True)
     key: Mapped[str] = mapped_column(String(500))  # the object's key in ingestd's store
     remote: Mapped[str] = mapped_column(String(1000))  # where it is on the target
