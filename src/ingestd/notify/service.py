@@ -59,6 +59,9 @@ EVENT_TYPES = frozenset(
         "asset.failed",
         "asset.cancelled",
         "asset.retry",
+        "asset.published",
+        "asset.unpublished",
+        "publication.failed",
     }
 )
 KINDS = ("webhook", "email")
