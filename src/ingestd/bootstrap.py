@@ -112,7 +112,9 @@ class Services:
         return Notifier(
             self.db,
             self.signer,
-            webhooks=WebhookSender(timeout_s=s.webhook_timeout_s),
+            webhooks=WebhookSender(
+                timeout_s=s.webhook_timeout_s, allow_private=s.webhook_allow_private
+            ),
             email=EmailSender(smtp),
             base_url=s.public_url or s.resolved_replica_url,
             max_attempts=s.notify_max_attempts,

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     smtp_password: str | None = None
     smtp_starttls: bool = False
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # webhooks to hosts that resolve to loopback or private addresses (off: no calls into
+    # the server's own network on an owner's say-so)
+    webhook_allow_private: bool = False
     notify_max_attempts: int = Field(default=8, ge=1)
 
     log_level: str = "INFO"

@@ -26,6 +26,7 @@ from ingestd.db.types import new_id
 from ingestd.jobs.engine import Backoff, emit
 from ingestd.notify import (
     BODY_LIMIT,
+    DeliveryFailed,
     EmailSender,
     Notifier,
     SmtpConfig,
@@ -112,7 +113,7 @@ async def notifier(
     n = Notifier(
         services.db,
         services.signer,
-        webhooks=WebhookSender(timeout_s=timeout_s),
+        webhooks=WebhookSender(timeout_s=timeout_s, allow_private=True),  # loopback receivers
         email=EmailSender(smtp),
         base_url=base_url,
         max_attempts=max_attempts,
@@ -508,3 +509,23 @@ def test_cli_adds_lists_and_removes_subscriptions(tmp_path: Path) -> None:
         app, ["subscriptions", "add", "--email", "x", "-e", "*", "--data-dir", str(data)]
     )
     assert bad.exit_code == 1 and "not an e-mail address" in bad.output
+
+
+async def test_webhooks_to_internal_addresses_are_refused_by_default() -> None:
+    """An owner's URL must not make the server call its own network (SSRF): loopback,
+    private and link-local addresses are refused unless the operator allows them."""
+    sender = WebhookSender(timeout_s=2.0)
+    try:
+        for url in (
+            "http://127.0.0.1:9/hook",
+            "http://localhost:9/hook",
+            "http://10.1.2.3/hook",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::1]:9/hook",
+        ):
+            with pytest.raises(DeliveryFailed) as caught:
+                await sender.send(url, "whsec_x", b"{}", event_type="asset.ready", delivery_id="d")
+            assert caught.value.permanent
+            assert "not a public address" in caught.value.message, url
+    finally:
+        await sender.aclose()

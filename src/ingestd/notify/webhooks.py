@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
 import time
 from collections.abc import Mapping
@@ -134,8 +135,13 @@ class WebhookSender:
         *,
         timeout_s: float,
         transport: httpx.AsyncBaseTransport | None = None,
+        allow_private: bool = False,
     ) -> None:
+        """``allow_private``: deliver to hosts that resolve to loopback, private, link-local
+        or other non-public addresses. Off by default: an owner's webhook URL must not make
+        the server call its own network (the operator may allow it for internal hooks)."""
         self.timeout_s = timeout_s
+        self.allow_private = allow_private
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s),
             follow_redirects=False,
@@ -178,6 +184,8 @@ class WebhookSender:
 
     async def _post(self, url: str, headers: dict[str, str], body: bytes) -> Response:
         for _ in range(MAX_REDIRECTS + 1):
+            if not self.allow_private:
+                await _public_only(url)
             async with self._client.stream("POST", url, content=body, headers=headers) as resp:
                 excerpt = await _excerpt(resp)
                 if resp.status_code in (307, 308) and "location" in resp.headers:
@@ -200,6 +208,25 @@ class WebhookSender:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+async def _public_only(url: str) -> None:
+    """Refuse a URL whose host resolves to any address that is not public."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, port)
+    except OSError as exc:
+        raise DeliveryFailed(f"cannot resolve {host}: {exc}") from exc
+    for *_, sockaddr in found:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if not address.is_global:
+            raise DeliveryFailed(
+                f"{host} resolves to {address}, which is not a public address; webhooks to "
+                "internal hosts need INGESTD_WEBHOOK_ALLOW_PRIVATE=1",
+                permanent=True,
+            )
 
 
 def _checked(url: str) -> str:
