@@ -155,6 +155,16 @@ async def test_music_file_completes_and_reingests_onto_the_same_asset(
     assert len(asset_row(svc, asset.id)[1]) == 3
     assert [o.id for o in await orders.query(alice)] == [order.id]
 
+    # requested again while its asset is still being processed: the order waits its turn
+    with svc.db.transaction() as s:
+        s.get_one(Asset, asset.id).status = "processing"
+    await orders.request(alice, str(tone))
+    assert await orders.claim() is None
+    assert (await orders.get(alice, order.id)).status == "queued"
+    with svc.db.transaction() as s:
+        s.get_one(Asset, asset.id).status = "ready"
+    assert (await run_order(svc, order.id)).status == "completed"
+
 
 async def test_text_file_fails_with_the_reason(svc: Services, alice: str, root: Path) -> None:
     orders = order_service(svc)

@@ -309,12 +309,23 @@ class OrderService:
 
     async def claim(self) -> OrderView | None:
         """Mark the oldest queued order started and return it (SKIP LOCKED on PostgreSQL,
-        so runners on several hosts each take a different one)."""
+        so runners on several hosts each take a different one). Orders whose asset is still
+        being processed are left for later."""
 
         def take(session: Session) -> OrderView | None:
+            # an order whose asset is still being processed waits: the file again would
+            # land on an asset that cannot take a new source yet
+            busy = (
+                select(Asset.id)
+                .where(
+                    Asset.id == IngestOrder.asset_id,
+                    Asset.status.in_([AssetStatus.INGESTING.value, AssetStatus.PROCESSING.value]),
+                )
+                .exists()
+            )
             query = (
                 select(IngestOrder)
-                .where(IngestOrder.status == IngestOrderStatus.QUEUED.value)
+                .where(IngestOrder.status == IngestOrderStatus.QUEUED.value, ~busy)
                 .order_by(IngestOrder.created_at, IngestOrder.id)
                 .limit(1)
             )
