@@ -15,7 +15,6 @@ from sqlalchemy import select
 from ingestd.api import ingest
 from ingestd.api.app import create_app
 from ingestd.bootstrap import Services, build
-from ingestd.cli.orders import order_runner, order_service
 from ingestd.db.models import Asset, IngestOrder, Source, WorkOrder
 from ingestd.errors import IngestdError
 from ingestd.testing.media import make_text_file, make_tone
@@ -51,11 +50,11 @@ def alice(svc: Services) -> str:
 
 async def run_order(svc: Services, order_id: str, timeout: float = 120) -> OrderView:
     """Run a worker and the order loop until the order has finished."""
-    orders = order_service(svc)
+    orders = svc.orders
     stop = asyncio.Event()
     loops = [
         asyncio.create_task(svc.worker().run(stop)),
-        asyncio.create_task(order_runner(svc).run(stop)),
+        asyncio.create_task(svc.order_runner().run(stop)),
     ]
     try:
         async with asyncio.timeout(timeout):
@@ -95,7 +94,7 @@ def asset_row(svc: Services, asset_id: str) -> tuple[Asset, list[Source]]:
 async def test_one_order_per_path_updated_while_queued(
     svc: Services, alice: str, root: Path
 ) -> None:
-    orders = order_service(svc)
+    orders = svc.orders
     target = make_text_file(root / "a.txt")
     (root / "alias.txt").symlink_to(target)
     first = await orders.request(alice, str(target))
@@ -116,13 +115,13 @@ async def test_one_order_per_path_updated_while_queued(
 async def test_music_file_completes_and_reingests_onto_the_same_asset(
     svc: Services, alice: str, root: Path, ffmpeg: str
 ) -> None:
-    orders = order_service(svc)
+    orders = svc.orders
     tone = make_tone(ffmpeg, root / "take.wav", seconds=2)
     order = await orders.request(alice, str(tone))
     assert order.status == "queued"
 
     # started: claimed and the file handed to the upload service
-    runner = order_runner(svc)
+    runner = svc.order_runner()
     assert await runner.run_once()
     started = await orders.get(alice, order.id)
     assert started.status == "started" and started.started_at is not None
@@ -167,7 +166,7 @@ async def test_music_file_completes_and_reingests_onto_the_same_asset(
 
 
 async def test_text_file_fails_with_the_reason(svc: Services, alice: str, root: Path) -> None:
-    orders = order_service(svc)
+    orders = svc.orders
     notes = make_text_file(root / "notes.wav")
     order = await orders.request(alice, str(notes))
     failed = await run_order(svc, order.id)
@@ -181,11 +180,11 @@ async def test_text_file_fails_with_the_reason(svc: Services, alice: str, root: 
 async def test_file_that_vanishes_before_its_turn_fails(
     svc: Services, alice: str, root: Path
 ) -> None:
-    orders = order_service(svc)
+    orders = svc.orders
     notes = make_text_file(root / "gone.txt")
     order = await orders.request(alice, str(notes))
     notes.unlink()
-    assert await order_runner(svc).run_once()
+    assert await svc.order_runner().run_once()
     failed = await orders.get(alice, order.id)
     assert failed.status == "failed" and "no such file" in (failed.error or "")
 
@@ -209,7 +208,7 @@ def _bad_paths(tmp_path: Path, root: Path) -> dict[str, tuple[str, str]]:
 
 
 async def test_bad_paths_are_refused(svc: Services, alice: str, root: Path, tmp_path: Path) -> None:
-    orders = order_service(svc)
+    orders = svc.orders
     for case, (path, code) in _bad_paths(tmp_path, root).items():
         with pytest.raises(IngestdError) as info:
             await orders.request(alice, path)

@@ -19,8 +19,7 @@ router = APIRouter(tags=["ingest"], responses=ERRORS)
 
 
 def order_service(svc: Svc) -> OrderService:
-    # stateless: built from the composition root's database and settings
-    return OrderService(svc.db, roots=svc.settings.ingest_root_list)
+    return svc.orders
 
 
 Orders = Annotated[OrderService, Depends(order_service)]

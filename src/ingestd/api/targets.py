@@ -11,17 +11,13 @@ from pydantic import BaseModel, Field
 
 from ingestd.api.deps import OwnerId, Svc
 from ingestd.api.schemas import ERRORS
-from ingestd.errors import ConfigError
 from ingestd.publish.service import PublicationService
 
 router = APIRouter(tags=["publishing"], responses=ERRORS)
 
 
 def publications(svc: Svc) -> PublicationService:
-    found = getattr(svc, "publications", None)
-    if not isinstance(found, PublicationService):
-        raise ConfigError("publishing is not configured on this server")
-    return found
+    return svc.publications
 
 
 Pubs = Annotated[PublicationService, Depends(publications)]

@@ -1,6 +1,6 @@
 """Ingest orders on the command line: ``orders`` lists them, ``watch`` orders the files of a
 folder as they settle; :func:`ingest_paths` is what ``ingestd ingest`` runs. The factories
-here are the CLI's side of the composition root for orders."""
+come from the composition root (``Services.orders``, ``Services.order_runner``)."""
 
 from __future__ import annotations
 
@@ -21,31 +21,11 @@ from ingestd.errors import IngestdError
 
 if TYPE_CHECKING:
     from ingestd.bootstrap import Services
-    from ingestd.uploads.orders import OrderRunner, OrderService, OrderView
+    from ingestd.uploads.orders import OrderView
 
 console = Console(stderr=True)
 
 FINISHED = ("completed", "failed")
-
-
-def order_service(services: Services) -> OrderService:
-    from ingestd.uploads.orders import OrderService
-
-    return OrderService(services.db, roots=services.settings.ingest_root_list)
-
-
-def order_runner(services: Services) -> OrderRunner:
-    """The loop that runs ingest orders: whoever runs workers runs it too."""
-    from ingestd.uploads.orders import IdentityRule, OrderRunner
-
-    s = services.settings
-    return OrderRunner(
-        order_service(services),
-        services.uploads,
-        identity=IdentityRule.parse(s.fits_identity),
-        poll_s=s.poll_s,
-        logger=services.log.getChild("orders"),
-    )
 
 
 async def ingest_paths(
@@ -61,7 +41,7 @@ async def ingest_paths(
     the orders and a worker here until all have finished. One result per path, in order."""
     from ingestd.queries import AssetQueries
 
-    orders = order_service(services)
+    orders = services.orders
     absolute = await asyncio.to_thread(lambda: [os.path.abspath(p) for p in paths])
     views = [
         await orders.request(owner_id, a, force=force, restricted=False, title=title)
@@ -71,7 +51,7 @@ async def ingest_paths(
         stop = asyncio.Event()
         loops = [
             asyncio.create_task(services.worker().run(stop)),
-            asyncio.create_task(order_runner(services).run(stop)),
+            asyncio.create_task(services.order_runner().run(stop)),
         ]
         try:
             while True:
@@ -178,7 +158,7 @@ def register(app: typer.Typer) -> None:
 
 async def _list(services: Services, owner_name: str, status: str | None) -> list[OrderView]:
     owner_id = await asyncio.to_thread(_owner, services, owner_name)
-    return await order_service(services).query(owner_id, status)
+    return await services.orders.query(owner_id, status)
 
 
 async def _watch(services: Services, owner_name: str, directory: Path, *, worker: bool) -> None:
@@ -188,7 +168,7 @@ async def _watch(services: Services, owner_name: str, directory: Path, *, worker
     try:
         owner_id = await asyncio.to_thread(_owner, services, owner_name)
         watcher = FolderWatcher(
-            order_service(services),
+            services.orders,
             owner_id,
             directory,
             settle_s=services.settings.watch_settle_s,
@@ -201,7 +181,7 @@ async def _watch(services: Services, owner_name: str, directory: Path, *, worker
         tasks = [asyncio.create_task(watcher.run(stop))]
         if worker:
             tasks.append(asyncio.create_task(services.worker().run(stop)))
-            tasks.append(asyncio.create_task(order_runner(services).run(stop)))
+            tasks.append(asyncio.create_task(services.order_runner().run(stop)))
         await asyncio.gather(*tasks)
     finally:
         await services.aclose()

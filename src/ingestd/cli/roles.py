@@ -141,9 +141,7 @@ async def _serve_http(services: Services) -> None:
 
 def _work(services: Services) -> list[Loop]:
     """A worker's loops: work orders, and ingestion orders for server paths."""
-    from ingestd.cli.orders import order_runner
-
-    return [services.worker().run, order_runner(services).run]
+    return [services.worker().run, services.order_runner().run]
 
 
 def register(app: typer.Typer) -> None:
