@@ -29,9 +29,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AMQPError, ChannelPreconditionFailed
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
-from ingestd.db.models import Asset, Source, UploadPart
 from ingestd.domain.states import UploadStatus
 from ingestd.errors import (
     ConfigError,
@@ -212,9 +210,16 @@ class AmqpChunkIngest:
             )
         check_upload_shape(chunk, size=info.size, block_size=info.block_size)
         if chunk.has_metadata:
-            await self._fill_metadata(info, chunk)
+            await self.uploads.describe(
+                self.owner_id,
+                info.upload_id,
+                filename=chunk.filename,
+                content_type=chunk.content_type,
+                title=chunk.title,
+                profile=chunk.profile,
+            )
         if chunk.index in info.present:
-            recorded = await self._recorded_sha256(info.upload_id, chunk.index)
+            recorded = await self.uploads.block_sha256(self.owner_id, info.upload_id, chunk.index)
             if recorded is not None and recorded != chunk.sha256:
                 raise ChunkRejected(
                     Reason.CHUNK_CONFLICT,
@@ -275,36 +280,6 @@ class AmqpChunkIngest:
 
     async def _status(self, upload_id: str) -> str:
         return (await self.uploads.status(self.owner_id, upload_id)).status
-
-    async def _fill_metadata(self, info: UploadInfo, chunk: Chunk) -> None:
-        """The first message that carries metadata names the file: the upload may have been
-        created from a chunk that carried none (messages arrive in any order)."""
-        source_id = info.source_id
-        if source_id is None:
-            return
-
-        def fill(session: Session) -> None:
-            source = session.get(Source, source_id)
-            if source is None:
-                return
-            asset = session.get_one(Asset, source.asset_id)
-            if source.filename is None and chunk.filename is not None:
-                source.filename = chunk.filename
-            if source.content_type is None and chunk.content_type is not None:
-                source.content_type = chunk.content_type
-            if asset.title is None and (chunk.title or chunk.filename) is not None:
-                asset.title = chunk.title or chunk.filename
-            if chunk.profile is not None and "profile" not in asset.meta:
-                asset.meta = {**asset.meta, "profile": chunk.profile}
-
-        await self.uploads.db.run(fill)
-
-    async def _recorded_sha256(self, upload_id: str, index: int) -> str | None:
-        def read(session: Session) -> str | None:
-            part = session.get(UploadPart, (upload_id, index))
-            return None if part is None else part.sha256
-
-        return await self.uploads.db.run(read)
 
     # -- settling ---------------------------------------------------------------------
 

@@ -408,6 +408,46 @@ class UploadService:
 
     # -- status, cancel ---------------------------------------------------------------
 
+    async def describe(
+        self,
+        owner_id: str,
+        upload_id: str,
+        *,
+        filename: str | None = None,
+        content_type: str | None = None,
+        title: str | None = None,
+        profile: str | None = None,
+    ) -> None:
+        """Fill in what the upload's source and asset do not say yet (a protocol whose
+        metadata may come with any message: AMQP chunks arrive in any order)."""
+
+        def fill(session: Session) -> None:
+            row = self._session(session, owner_id, upload_id)
+            if row.source_id is None:
+                return
+            source = session.get_one(Source, row.source_id)
+            asset = session.get_one(Asset, source.asset_id)
+            if source.filename is None and filename is not None:
+                source.filename = filename[:1000]  # metadata only, never a path
+            if source.content_type is None and content_type is not None:
+                source.content_type = content_type
+            if asset.title is None and (title or filename) is not None:
+                asset.title = title or filename
+            if profile is not None and "profile" not in asset.meta:
+                asset.meta = {**asset.meta, "profile": profile}
+
+        await self._tx(fill)
+
+    async def block_sha256(self, owner_id: str, upload_id: str, index: int) -> str | None:
+        """The SHA-256 recorded for a block of the upload, or None if it has not arrived."""
+
+        def read(session: Session) -> str | None:
+            self._session(session, owner_id, upload_id)
+            part = session.get(UploadPart, (upload_id, index))
+            return None if part is None else part.sha256
+
+        return await self._read(read)
+
     async def status(self, owner_id: str, upload_id: str) -> UploadInfo:
         return await self._read(lambda s: self._info(s, self._session(s, owner_id, upload_id)))
 
