@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ingestd.auth.keys import IssuedKey, KeyService
 from ingestd.auth.signing import UrlSigner
@@ -32,11 +32,12 @@ from ingestd.pipeline.music import MusicSteps
 from ingestd.pipeline.video import VideoSteps
 from ingestd.publish import PublicationService, PublishSteps, default_policy
 from ingestd.publish.catalog import CatalogSteps
-from ingestd.scheduler import Scheduler
+from ingestd.scheduler import Scheduler, StaleUploads
 from ingestd.settings import Settings
 from ingestd.storage.base import ObjectStore, StagingStore
 from ingestd.storage.local import LocalStore
 from ingestd.uploads.locks import InProcessLocker, UploadLocker
+from ingestd.uploads.orders import IdentityRule, OrderRunner, OrderService
 from ingestd.uploads.routing import InMemoryRouting, RoutingMap
 from ingestd.uploads.service import UploadLimits, UploadService
 from ingestd.uploads.tus import TusService
@@ -63,6 +64,7 @@ class Services:
     steps: dict[str, Step]
     profiles: dict[str, Profile]
     publications: PublicationService
+    orders: OrderService
     locker: UploadLocker
     progress: ProgressBoard
     routing: RoutingMap
@@ -90,6 +92,17 @@ class Services:
             poll_s=s.poll_s,
             board=self.progress,
             logger=self.log.getChild("worker"),
+        )
+
+    def order_runner(self) -> OrderRunner:
+        """The loop that runs ingest orders for server paths: whoever runs workers runs it."""
+        s = self.settings
+        return OrderRunner(
+            self.orders,
+            self.uploads,
+            identity=IdentityRule.parse(s.fits_identity),
+            poll_s=s.poll_s,
+            logger=self.log.getChild("orders"),
         )
 
     @property
@@ -124,7 +137,7 @@ class Services:
     def scheduler(self, notifier: Notifier | None = None) -> Scheduler:
         s = self.settings
         relay = getattr(self.dispatcher, "relay", None)
-        stale = self.staging if hasattr(self.staging, "stale_uploads") else None
+        stale = self.staging if isinstance(self.staging, StaleUploads) else None
         return Scheduler(
             self.db,
             self.engine,
@@ -137,7 +150,7 @@ class Services:
             multipart_grace=timedelta(seconds=max(3600, s.upload_ttl_s)),
             relay=relay,
             notify=notifier.run_once if notifier is not None else None,
-            stale_uploads=stale,  # type: ignore[arg-type]
+            stale_uploads=stale,
             logger=self.log.getChild("scheduler"),
         )
 
@@ -291,6 +304,7 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
         steps=steps,
         profiles=profiles,
         publications=publications,
+        orders=OrderService(db, roots=settings.ingest_root_list),
         locker=locker,
         progress=progress,
         routing=routing,
@@ -299,10 +313,11 @@ def build(settings: Settings, *, migrate: bool = True) -> Services:
     )
 
 
-def build_stores(settings: Settings) -> tuple[Any, Any]:
+def build_stores(settings: Settings) -> tuple[ObjectStore, StagingStore]:
     """The object store and the staging store the storage URL names."""
     if settings.storage_is_s3:
-        from ingestd.storage.s3 import S3Staging, S3Store, make_client, parse_s3_url
+        from ingestd.storage.s3 import S3Store, make_client, parse_s3_url
+        from ingestd.storage.s3_staging import S3Staging
 
         config = parse_s3_url(settings.storage_url or "")
         client = make_client(config)

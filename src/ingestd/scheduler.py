@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -49,6 +49,7 @@ _LIVE_SOURCES = [
 ]
 
 
+@runtime_checkable
 class StaleUploads(Protocol):
     """A staging store that can list multipart uploads started before a time (S3)."""
 

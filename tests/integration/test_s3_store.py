@@ -27,12 +27,12 @@ from ingestd.storage.s3 import (
     MIB,
     NotReadable,
     S3Config,
-    S3Staging,
     S3Store,
     StorageUnavailable,
     make_client,
     parse_s3_url,
 )
+from ingestd.storage.s3_staging import S3Staging
 from ingestd.testing.seaweed import S3Endpoint, running_seaweed
 
 pytestmark = pytest.mark.anyio

@@ -30,7 +30,7 @@ import boto3
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ingestd.errors import IngestdError, InvalidRequest, NotFound, StorageError
-from ingestd.storage.s3 import _BOTO_ERRORS, S3Config, _map_error, make_client
+from ingestd.storage.s3 import BOTO_ERRORS, S3Config, make_client, map_error
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -459,8 +459,8 @@ class S3Target:
     async def _call(self, path: str, fn: Callable[..., T], /, *args: Any, **kw: Any) -> T:
         try:
             return await anyio.to_thread.run_sync(partial(fn, *args, **kw))
-        except _BOTO_ERRORS as exc:
-            mapped = _map_error(exc, self.remote(path))
+        except BOTO_ERRORS as exc:
+            mapped = map_error(exc, self.remote(path))
             if isinstance(mapped, NotFound):
                 raise
             raise PublishFailed(mapped.message) from exc
