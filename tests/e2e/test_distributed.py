@@ -340,10 +340,7 @@ def test_a_rabbitmq_restart_loses_nothing_and_runs_nothing_twice(
     for asset in [first, *during]:
         ready(apis[1], asset, cluster)
         assert_ran_once(cluster, asset)
-    with db(cluster) as conn:
-        left = conn.execute("SELECT count(*) FROM outbox").fetchone()
     wait_for("the outbox to drain", lambda: _outbox(cluster) == 0, cluster, timeout=60)
-    assert left is not None
     for name in ("api1", "api2", "worker1", "worker2", "scheduler"):
         assert cluster.processes[name].poll() is None, f"{name} died\n{cluster.tail(name)}"
 
