@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ingestd.publish.ftp import FtpTarget
 from ingestd.publish.service import (
     STEP_FAMILY,
     ObjectResult,
@@ -14,7 +15,6 @@ from ingestd.publish.service import (
 from ingestd.publish.steps import PublishSteps, auto_targets, publish_graph_steps, with_publish
 from ingestd.publish.targets import (
     DirectoryTarget,
-    FtpTarget,
     PathEscapes,
     PublicationTarget,
     PublishFailed,

@@ -28,7 +28,8 @@ _WRITE_BUFFER = 1 << 20  # bytes handed to the writer thread at once
 _MAX_IOV = 512  # chunks per pwritev (the kernel takes at most IOV_MAX, 1024 on Linux)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -145,7 +146,7 @@ class LocalStore:
                     with open(src, "rb+") as f:
                         os.fsync(f.fileno())
                     os.replace(src, dest)
-                    _fsync_dir(dest.parent)
+                    fsync_dir(dest.parent)
                     return dest.stat().st_size
                 except OSError as exc:
                     if exc.errno != 18:  # EXDEV: other filesystem, fall back to a copy
@@ -156,7 +157,7 @@ class LocalStore:
                 w.flush()
                 os.fsync(w.fileno())
             os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             if move:
                 src.unlink()
             return dest.stat().st_size
@@ -176,7 +177,7 @@ class LocalStore:
                 w.flush()
                 os.fsync(w.fileno())
             os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except OSError as exc:
             raise StorageError(f"cannot store {dest.name}: {exc}") from exc
         return len(data)
